@@ -1,0 +1,146 @@
+"""Every error a user or operator can meet, under one root.
+
+    BatchError
+    ├── InvalidInput                 bad parameters; nothing was written
+    │   ├── UnknownTenant
+    │   ├── ForeignAccounts
+    │   ├── UnknownBatchType
+    │   └── InvalidItems
+    ├── UnknownBatch
+    ├── BatchNotClaimable            the batch is in a state that cannot be (re)started
+    ├── BatchAlreadyActive           another pending/running batch of that tenant and type
+    ├── StaleFence                   this run no longer owns the batch (taken over)
+    ├── LockLost                     the Redis lease was lost while running
+    └── PlatformError                an external service call failed
+        ├── PlatformUnavailable      5xx / timeouts / connection errors past the retry budget
+        ├── RateLimited              429 past the retry budget
+        ├── TokenRefreshFailed       the refresh token was refused
+        ├── PlatformRejected         a terminal 4xx (bad request, banned, not found...)
+        └── BadPlatformResponse      a body we cannot read (HTML, truncated, too large)
+
+Each message is written for the person who has to act on it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchError",
+    "InvalidInput",
+    "UnknownTenant",
+    "ForeignAccounts",
+    "UnknownBatchType",
+    "InvalidItems",
+    "UnknownBatch",
+    "BatchNotClaimable",
+    "BatchAlreadyActive",
+    "StaleFence",
+    "LockLost",
+    "PlatformError",
+    "PlatformUnavailable",
+    "RateLimited",
+    "TokenRefreshFailed",
+    "PlatformRejected",
+    "BadPlatformResponse",
+]
+
+
+class BatchError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class InvalidInput(BatchError):
+    """The request is malformed; nothing was written."""
+
+
+class UnknownTenant(InvalidInput):
+    def __init__(self, tenant_id: object) -> None:
+        super().__init__(f"unknown tenant {tenant_id!r}: it has no accounts")
+        self.tenant_id = tenant_id
+
+
+class ForeignAccounts(InvalidInput):
+    def __init__(self, tenant_id: int, account_ids: list[int]) -> None:
+        shown = ", ".join(str(i) for i in account_ids[:10])
+        more = f" and {len(account_ids) - 10} more" if len(account_ids) > 10 else ""
+        super().__init__(
+            f"{len(account_ids)} account id(s) are not active accounts of tenant {tenant_id}: {shown}{more}"
+        )
+        self.tenant_id = tenant_id
+        self.account_ids = account_ids
+
+
+class UnknownBatchType(InvalidInput):
+    def __init__(self, task_type: object, known: list[str]) -> None:
+        super().__init__(f"unknown batch type {task_type!r}; known types: {', '.join(sorted(known))}")
+        self.task_type = task_type
+
+
+class InvalidItems(InvalidInput):
+    """Items or parameters that fail validation; the message lists the first problems."""
+
+
+class UnknownBatch(BatchError):
+    def __init__(self, batch_id: int) -> None:
+        super().__init__(f"batch {batch_id} does not exist")
+        self.batch_id = batch_id
+
+
+class BatchNotClaimable(BatchError):
+    def __init__(self, batch_id: int, status: str, why: str = "") -> None:
+        super().__init__(f"batch {batch_id} is {status} and cannot be started{': ' + why if why else ''}")
+        self.batch_id = batch_id
+        self.status = status
+
+
+class BatchAlreadyActive(BatchError):
+    def __init__(self, tenant_id: int, task_type: str, batch_id: int | None = None) -> None:
+        which = f" (batch {batch_id})" if batch_id else ""
+        super().__init__(
+            f"another {task_type} batch of tenant {tenant_id} is already pending or running{which}; "
+            "wait for it to finish or cancel it"
+        )
+        self.tenant_id = tenant_id
+        self.task_type = task_type
+        self.batch_id = batch_id
+
+
+class StaleFence(BatchError):
+    def __init__(self, batch_id: int, fence: int) -> None:
+        super().__init__(f"batch {batch_id} was taken over by another run (our fence {fence} is stale)")
+        self.batch_id = batch_id
+        self.fence = fence
+
+
+class LockLost(BatchError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the lease {key} was lost; stopping so the new owner can continue")
+        self.key = key
+
+
+class PlatformError(BatchError):
+    """An external service call failed; ``reason`` is short and safe to store (no tokens)."""
+
+    def __init__(self, reason: str, *, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class PlatformUnavailable(PlatformError):
+    pass
+
+
+class RateLimited(PlatformError):
+    pass
+
+
+class TokenRefreshFailed(PlatformError):
+    pass
+
+
+class PlatformRejected(PlatformError):
+    pass
+
+
+class BadPlatformResponse(PlatformError):
+    pass

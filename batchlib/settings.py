@@ -1,0 +1,77 @@
+"""One typed settings object, read from ``BATCH_*`` environment variables (and ``.env``).
+
+The defaults run on a fresh machine: a SQLite mirror in the working directory, no Redis
+(the database is the only guard), the bundled platform simulator on loopback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCH_", env_file=".env", extra="ignore")
+
+    # Where things are
+    database_url: SecretStr = SecretStr("sqlite:///./batch_mirror.db")
+    redis_url: SecretStr | None = None
+    redis_key_prefix: str = "batch:"
+    platform_url: str = "http://127.0.0.1:8900"
+    kubo_url: str = "http://127.0.0.1:5001"
+
+    # Concurrency: platform calls in flight per (tenant, batch type)
+    concurrency: int = Field(50, ge=1, le=1000)
+    concurrency_per_type: dict[str, int] = Field(default_factory=dict)
+    # "tenant:type" or "tenant" -> limit, e.g. {"7": 10, "8:add_friend": 2}
+    concurrency_per_tenant: dict[str, int] = Field(default_factory=dict)
+
+    # Runner
+    chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks
+    chunk_size: int = Field(250, ge=1)
+    flush_interval_s: float = Field(0.5, gt=0)  # mirror flush period (admin panel sees progress)
+    flush_max_items: int = Field(500, ge=1)
+    detail_insert_chunk: int = Field(5000, ge=1)
+    max_items: int = Field(100_000, ge=1)
+
+    # Locks and liveness
+    lock_ttl_s: float = Field(30.0, gt=0)
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    reaper_stale_after_s: int = Field(120, ge=10)
+
+    # History
+    prune_after_days: int = Field(30, ge=1)
+    prune_chunk: int = Field(500, ge=1)
+    prune_hard_delete: bool = True
+
+    # HTTP
+    http_connect_timeout_s: float = 5.0
+    http_read_timeout_s: float = 10.0
+    http_max_retries: int = Field(3, ge=0)
+    http_backoff_base_s: float = 0.2
+    http_backoff_max_s: float = 5.0
+    http_retry_after_max_s: float = 30.0
+    http_max_body_bytes: int = 1_000_000
+
+    # Batch types
+    add_friend_daily_cap: int = Field(20, ge=0)
+
+    def concurrency_for(self, tenant_id: int, task_type: str) -> int:
+        """Most specific wins: tenant:type, then tenant, then type, then the default."""
+        for key, table in (
+            (f"{tenant_id}:{task_type}", self.concurrency_per_tenant),
+            (str(tenant_id), self.concurrency_per_tenant),
+            (task_type, self.concurrency_per_type),
+        ):
+            if key in table:
+                return max(1, int(table[key]))
+        return self.concurrency
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,68 @@
+"""Fixtures that create real resources with unique names and drop them afterwards."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+
+MYSQL_HOST = os.environ.get("TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("TEST_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("TEST_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("TEST_MYSQL_PASSWORD", "")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def mysql_admin() -> pymysql.connections.Connection:
+    return pymysql.connect(
+        host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, autocommit=True
+    )
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """An empty MariaDB database of its own, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = mysql_admin()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        yield f"mysql+pymysql://{MYSQL_USER}:{MYSQL_PASSWORD}@{MYSQL_HOST}:{MYSQL_PORT}/{name}?charset=utf8mb4"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mirror.db'}"
+
+
+@pytest.fixture(params=["mysql", "sqlite"])
+def any_db_url(request: pytest.FixtureRequest) -> str:
+    """Run a test on both backends: MariaDB and the embedded SQLite default."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of the test's own on the real Redis; its keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
