@@ -1,0 +1,50 @@
+"""Database layer: models, engines, migrations and the mirror/account repositories."""
+
+from __future__ import annotations
+
+from db.accounts import (
+    Credentials,
+    active_account_ids,
+    foreign_ids,
+    load_credentials,
+    record_checks,
+    save_credentials,
+    tenant_exists,
+    tenants_with_accounts,
+    update_profile,
+    upsert_accounts,
+)
+from db.engine import get_engine, make_engine
+from db.maintenance import fail_stale_batches, mark_failed_unowned, pending_batches, prune_finished
+from db.migrate import current, upgrade
+from db.mirror import (
+    Claim,
+    Counts,
+    Moved,
+    add_details,
+    check_fence,
+    claim_batch,
+    counters,
+    create_batch,
+    find_active,
+    finish_batch,
+    get_batch,
+    heartbeat,
+    pending_items,
+    recount,
+    record_outcomes,
+    set_total,
+)
+from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog
+from db.retry import is_retryable, run_transaction
+
+__all__ = [
+    "Account", "BatchRun", "BatchTask", "BatchTaskDetail", "FriendRequestLog",
+    "make_engine", "get_engine", "run_transaction", "is_retryable", "upgrade", "current",
+    "Claim", "Counts", "Moved",
+    "create_batch", "claim_batch", "check_fence", "heartbeat", "add_details", "set_total",
+    "pending_items", "record_outcomes", "finish_batch", "recount", "counters", "get_batch",
+    "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
+    "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
+    "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
+]

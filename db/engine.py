@@ -1,0 +1,74 @@
+"""Engines for MariaDB/MySQL and SQLite, tuned for short transactions (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from db.retry import run_transaction
+
+__all__ = ["make_engine", "get_engine", "run_transaction", "SQLITE_BUSY_TIMEOUT_MS"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **overrides: Any) -> Engine:
+    """Build an engine; bound parameters are always hidden from logs and error text."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, **overrides)
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 280, "hide_parameters": True}
+    if "poolclass" not in overrides:
+        options.update(pool_size=10, max_overflow=20)
+    if backend in ("mysql", "mariadb"):
+        options["connect_args"] = {
+            "connect_timeout": 5,
+            "read_timeout": 30,
+            "write_timeout": 30,
+            "charset": "utf8mb4",
+        }
+    options.update(overrides)
+    return create_engine(url, **options)
+
+
+def _sqlite_engine(url: str, **overrides: Any) -> Engine:
+    options: dict[str, Any] = {
+        "hide_parameters": True,
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    }
+    options.update(overrides)
+    engine = create_engine(url, **options)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SAVEPOINT-safe)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later upgrades to a
+        # writer gets SQLITE_BUSY at once, without waiting on busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@lru_cache(maxsize=8)
+def _cached_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``BATCH_DATABASE_URL``)."""
+    if url is None:
+        from batchlib.settings import get_settings
+
+        url = get_settings().database_url.get_secret_value()
+    return _cached_engine(url)

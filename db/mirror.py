@@ -1,0 +1,421 @@
+"""The mirror repository: batch lifecycle in la_batch_task / la_batch_task_detail.
+
+Every function takes a Session and never commits: the caller owns the transaction
+(usually through ``run_transaction``). Fenced writes call ``check_fence`` first; its
+UPDATE row-locks the la_batch_run row, so writers of one batch serialise and a stale owner
+(fenced out by a later claim or by the reaper) writes nothing.
+
+Counters: ``processed = success + failed + skipped`` (a skipped item is processed but
+neither a success nor a failure), and they always move by the rows a guarded
+``UPDATE ... WHERE status='pending'`` actually moved, so recording twice is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from batchlib.errors import BatchAlreadyActive, BatchNotClaimable, InvalidItems, StaleFence, UnknownBatch
+from batchlib.outcomes import ItemOutcome
+from db import statuses as st
+from db._util import DETAIL, RUN, TASK, chunks, dumps, insert_ignore, loads, now_or, truncate
+from db.models import BatchTask
+
+__all__ = [
+    "Claim", "Counts", "Moved",
+    "create_batch", "claim_batch", "check_fence", "heartbeat",
+    "add_details", "set_total", "pending_items", "record_outcomes", "finish_batch",
+    "recount", "counters", "get_batch", "find_active", "is_active_guard_violation",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    batch_id: int
+    fence: int
+    tenant_id: int
+    task_type: str
+    task_data: dict[str, Any] | None
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int = 0
+    pending: int = 0
+    success: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.success + self.failed + self.skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    success: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.success + self.failed + self.skipped
+
+
+def is_active_guard_violation(err: IntegrityError) -> bool:
+    """True when the one-active-batch guard (not another key) rejected the row."""
+    text = str(err.orig)
+    return "uq_task_active" in text or "la_batch_task.tenant_id, la_batch_task.task_type" in text
+
+
+# -- lookups ---------------------------------------------------------------------------
+
+
+def get_batch(session: Session, batch_id: int) -> BatchTask | None:
+    return session.get(BatchTask, batch_id)
+
+
+def find_active(session: Session, tenant_id: int, task_type: str) -> int | None:
+    """The id of the pending/running batch of (tenant, type), if any."""
+    return session.execute(
+        select(TASK.c.id)
+        .where(
+            TASK.c.tenant_id == tenant_id,
+            TASK.c.task_type == task_type,
+            TASK.c.task_status.in_(st.ACTIVE),
+            TASK.c.delete_time.is_(None),
+        )
+        .order_by(TASK.c.id)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def recount(session: Session, batch_id: int) -> Counts:
+    """Counts from one ``GROUP BY status`` over the detail rows."""
+    rows = session.execute(
+        select(DETAIL.c.status, func.count())
+        .where(DETAIL.c.task_id == batch_id)
+        .group_by(DETAIL.c.status)
+    ).all()
+    by = {status: int(n) for status, n in rows}
+    return Counts(
+        total=sum(by.values()),
+        pending=by.get(st.DETAIL_PENDING, 0),
+        success=by.get(st.DETAIL_SUCCESS, 0),
+        failed=by.get(st.DETAIL_FAILED, 0),
+        skipped=by.get(st.DETAIL_SKIPPED, 0),
+    )
+
+
+def counters(session: Session, batch_id: int) -> Counts:
+    """Counts as la_batch_task stores them (pending and skipped derived)."""
+    row = session.execute(
+        select(TASK.c.total_count, TASK.c.processed_count, TASK.c.success_count, TASK.c.failed_count)
+        .where(TASK.c.id == batch_id)
+    ).one_or_none()
+    if row is None:
+        raise UnknownBatch(batch_id)
+    total, processed, success, failed = (int(v) for v in row)
+    return Counts(
+        total=total,
+        pending=total - processed,
+        success=success,
+        failed=failed,
+        skipped=processed - success - failed,
+    )
+
+
+# -- create and claim ------------------------------------------------------------------
+
+
+def create_batch(
+    session: Session,
+    *,
+    tenant_id: int,
+    task_type: str,
+    task_name: str,
+    create_admin_id: int,
+    task_data: dict[str, Any] | None,
+    now: int | None = None,
+) -> int:
+    """Insert a pending batch; BatchAlreadyActive if (tenant, type) already has one."""
+    now = now_or(now)
+    stmt = TASK.insert().values(
+        tenant_id=tenant_id,
+        task_name=task_name,
+        task_type=task_type,
+        task_status=st.PENDING,
+        total_count=0,
+        processed_count=0,
+        success_count=0,
+        failed_count=0,
+        task_data=dumps(task_data),
+        create_admin_id=create_admin_id,
+        create_time=now,
+        update_time=now,
+    )
+    try:
+        with session.begin_nested():
+            result = session.execute(stmt)
+    except IntegrityError as err:
+        if not is_active_guard_violation(err):
+            raise
+        raise BatchAlreadyActive(tenant_id, task_type, find_active(session, tenant_id, task_type)) from err
+    return int(result.inserted_primary_key[0])
+
+
+def _parse_task_data(batch_id: int, text: str | None) -> dict[str, Any] | None:
+    try:
+        data = loads(text)
+    except ValueError:
+        raise InvalidItems(f"batch {batch_id}: task_data is not valid JSON") from None
+    if data is not None and not isinstance(data, dict):
+        raise InvalidItems(f"batch {batch_id}: task_data must be a JSON object")
+    return data
+
+
+def claim_batch(
+    session: Session,
+    batch_id: int,
+    *,
+    owner: str,
+    flow_run_id: str | None,
+    takeover: bool = False,
+    now: int | None = None,
+) -> Claim:
+    """Make this run the owner of a batch (status -> running) and return its new fence.
+
+    Claimable: pending, failed, cancelled (a resume), and running only with ``takeover``.
+    Lock order is la_batch_run, then la_batch_task, as in every fenced write.
+    """
+    now = now_or(now)
+    if session.execute(select(TASK.c.id).where(TASK.c.id == batch_id)).first() is None:
+        raise UnknownBatch(batch_id)
+    lock_run = select(RUN.c.fence).where(RUN.c.task_id == batch_id).with_for_update()
+    fence = session.execute(lock_run).scalar_one_or_none()
+    if fence is None:  # first claim: create the run row (a racing claimer's insert is ignored)
+        session.execute(
+            insert_ignore(RUN).values(task_id=batch_id, fence=0, create_time=now, update_time=now)
+        )
+        fence = session.execute(lock_run).scalar_one()
+    task = session.execute(
+        select(TASK.c.task_status, TASK.c.tenant_id, TASK.c.task_type, TASK.c.task_data, TASK.c.delete_time)
+        .where(TASK.c.id == batch_id)
+        .with_for_update()
+    ).one()
+    claimable = st.CLAIMABLE + ((st.RUNNING,) if takeover else ())
+    if task.delete_time is not None:
+        raise BatchNotClaimable(batch_id, task.task_status, "it was deleted")
+    if task.task_status not in claimable:
+        why = "pass takeover=True to take it over" if task.task_status == st.RUNNING else ""
+        raise BatchNotClaimable(batch_id, task.task_status, why)
+    data = _parse_task_data(batch_id, task.task_data)
+    try:
+        with session.begin_nested():
+            moved = session.execute(
+                update(TASK)
+                .where(TASK.c.id == batch_id, TASK.c.task_status.in_(claimable))
+                .values(
+                    task_status=st.RUNNING,
+                    start_time=func.coalesce(TASK.c.start_time, now),
+                    end_time=None,
+                    error_message=None,
+                    update_time=now,
+                )
+            ).rowcount
+    except IntegrityError as err:
+        if not is_active_guard_violation(err):
+            raise
+        other = find_active(session, task.tenant_id, task.task_type)
+        raise BatchAlreadyActive(task.tenant_id, task.task_type, other) from err
+    if moved != 1:  # pragma: no cover - we hold the row lock
+        raise BatchNotClaimable(batch_id, task.task_status, "changed while claiming")
+    session.execute(
+        update(RUN)
+        .where(RUN.c.task_id == batch_id)
+        .values(fence=RUN.c.fence + 1, owner=owner, flow_run_id=flow_run_id, heartbeat_time=now, update_time=now)
+    )
+    return Claim(
+        batch_id=batch_id,
+        fence=int(fence) + 1,
+        tenant_id=int(task.tenant_id),
+        task_type=str(task.task_type),
+        task_data=data,
+        resumed=task.task_status != st.PENDING,
+    )
+
+
+# -- fenced writes ---------------------------------------------------------------------
+
+
+def check_fence(session: Session, batch_id: int, fence: int, now: int | None = None) -> None:
+    """Heartbeat the run row if we still own it (row-locking it); else raise StaleFence."""
+    now = now_or(now)
+    matched = session.execute(
+        update(RUN)
+        .where(RUN.c.task_id == batch_id, RUN.c.fence == fence)
+        .values(heartbeat_time=now, update_time=now)
+    ).rowcount
+    if matched != 1:
+        raise StaleFence(batch_id, fence)
+
+
+def heartbeat(session: Session, batch_id: int, fence: int, now: int | None = None) -> None:
+    """check_fence, plus la_batch_task.update_time so the admin panel sees the run alive."""
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    session.execute(update(TASK).where(TASK.c.id == batch_id).values(update_time=now))
+
+
+def add_details(
+    session: Session,
+    batch_id: int,
+    fence: int,
+    items: Sequence[tuple[int, dict[str, Any] | None]],
+    now: int | None = None,
+) -> int:
+    """Insert pending detail rows for items not there yet; returns how many were inserted."""
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    if not items:
+        return 0
+    rows = [
+        {
+            "task_id": batch_id,
+            "item_id": int(item_id),
+            "item_data": dumps(data),
+            "status": st.DETAIL_PENDING,
+            "create_time": now,
+            "update_time": now,
+        }
+        for item_id, data in items
+    ]
+    return int(session.execute(insert_ignore(DETAIL), rows).rowcount)
+
+
+def set_total(session: Session, batch_id: int, fence: int, now: int | None = None) -> int:
+    """total_count := number of detail rows; returns it."""
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    total = session.execute(
+        select(func.count()).select_from(DETAIL).where(DETAIL.c.task_id == batch_id)
+    ).scalar_one()
+    session.execute(update(TASK).where(TASK.c.id == batch_id).values(total_count=total, update_time=now))
+    return int(total)
+
+
+def pending_items(
+    session: Session, batch_id: int, after_item_id: int = 0, limit: int = 5000
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """One keyset page of pending items, by item_id."""
+    rows = session.execute(
+        select(DETAIL.c.item_id, DETAIL.c.item_data)
+        .where(
+            DETAIL.c.task_id == batch_id,
+            DETAIL.c.status == st.DETAIL_PENDING,
+            DETAIL.c.item_id > after_item_id,
+        )
+        .order_by(DETAIL.c.item_id)
+        .limit(limit)
+    ).all()
+    return [(int(item_id), loads(data)) for item_id, data in rows]
+
+
+def _case(values: dict[int, str | None]) -> Any:
+    whens = {item_id: v for item_id, v in values.items() if v is not None}
+    if not whens:
+        return None
+    return case(whens, value=DETAIL.c.item_id, else_=literal(None))
+
+
+def record_outcomes(
+    session: Session,
+    batch_id: int,
+    fence: int,
+    outcomes: Sequence[ItemOutcome],
+    now: int | None = None,
+) -> Moved:
+    """Move pending details to their final state; bump counters by the rows that moved.
+
+    Statements: 1 fence check + 1 UPDATE per (final status, 500 items) + 1 counter UPDATE.
+    """
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    latest = {o.item_id: o for o in outcomes}  # one outcome per item: the last one wins
+    moved = {s: 0 for s in st.DETAIL_FINAL}
+    for status in st.DETAIL_FINAL:
+        group = [o for o in latest.values() if o.status == status]
+        for part in chunks(group):
+            stmt = (
+                update(DETAIL)
+                .where(
+                    DETAIL.c.task_id == batch_id,
+                    DETAIL.c.status == st.DETAIL_PENDING,
+                    DETAIL.c.item_id.in_([o.item_id for o in part]),
+                )
+                .values(
+                    status=status,
+                    result=_case({o.item_id: dumps(o.result) for o in part}),
+                    error_message=_case({o.item_id: truncate(o.error) for o in part}),
+                    process_time=now,
+                    update_time=now,
+                )
+            )
+            moved[status] += int(session.execute(stmt).rowcount)
+    result = Moved(**moved)
+    if result.total:
+        session.execute(
+            update(TASK)
+            .where(TASK.c.id == batch_id)
+            .values(
+                processed_count=TASK.c.processed_count + result.total,
+                success_count=TASK.c.success_count + result.success,
+                failed_count=TASK.c.failed_count + result.failed,
+                update_time=now,
+            )
+        )
+    return result
+
+
+def finish_batch(
+    session: Session,
+    batch_id: int,
+    fence: int,
+    status: str,
+    error_message: str | None = None,
+    now: int | None = None,
+) -> Counts:
+    """Move a running batch to a final status; counters are set from a recount."""
+    if status not in st.FINAL:
+        raise ValueError(f"finish_batch: {status!r} is not a final status {st.FINAL}")
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    counts = recount(session, batch_id)
+    done = session.execute(
+        update(TASK)
+        .where(TASK.c.id == batch_id, TASK.c.task_status == st.RUNNING)
+        .values(_final_values(counts, status, error_message, now))
+    ).rowcount
+    if done != 1:
+        current = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar()
+        raise BatchNotClaimable(batch_id, str(current), "only a running batch can be finished")
+    return counts
+
+
+def _final_values(counts: Counts, status: str, error_message: str | None, now: int) -> dict[str, Any]:
+    return {
+        "task_status": status,
+        "end_time": now,
+        "update_time": now,
+        "error_message": truncate(error_message),
+        "total_count": counts.total,
+        "processed_count": counts.processed,
+        "success_count": counts.success,
+        "failed_count": counts.failed,
+    }

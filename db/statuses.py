@@ -1,0 +1,44 @@
+"""Status values shared with the admin panel (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
+    "TASK_STATUSES", "ACTIVE", "FINAL", "CLAIMABLE",
+    "DETAIL_PENDING", "DETAIL_SUCCESS", "DETAIL_FAILED", "DETAIL_SKIPPED",
+    "DETAIL_STATUSES", "DETAIL_FINAL",
+    "ACCOUNT_ALIVE", "ACCOUNT_BANNED", "ACCOUNT_RESTRICTED", "ACCOUNT_UNKNOWN",
+    "ACCOUNT_DISABLED", "ACCOUNT_STATUSES", "ACCOUNT_INACTIVE",
+]
+
+# la_batch_task.task_status
+PENDING: Final = "pending"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+TASK_STATUSES: Final = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
+ACTIVE: Final = (PENDING, RUNNING)
+FINAL: Final = (COMPLETED, FAILED, CANCELLED)
+CLAIMABLE: Final = (PENDING, FAILED, CANCELLED)  # plus RUNNING on takeover
+
+# la_batch_task_detail.status
+DETAIL_PENDING: Final = "pending"
+DETAIL_SUCCESS: Final = "success"
+DETAIL_FAILED: Final = "failed"
+DETAIL_SKIPPED: Final = "skipped"
+DETAIL_STATUSES: Final = (DETAIL_PENDING, DETAIL_SUCCESS, DETAIL_FAILED, DETAIL_SKIPPED)
+DETAIL_FINAL: Final = (DETAIL_SUCCESS, DETAIL_FAILED, DETAIL_SKIPPED)
+
+# la_alt_account.status
+ACCOUNT_ALIVE: Final = "alive"
+ACCOUNT_BANNED: Final = "banned"
+ACCOUNT_RESTRICTED: Final = "restricted"
+ACCOUNT_UNKNOWN: Final = "unknown"
+ACCOUNT_DISABLED: Final = "disabled"
+ACCOUNT_STATUSES: Final = (
+    ACCOUNT_ALIVE, ACCOUNT_BANNED, ACCOUNT_RESTRICTED, ACCOUNT_UNKNOWN, ACCOUNT_DISABLED,
+)
+ACCOUNT_INACTIVE: Final = (ACCOUNT_BANNED, ACCOUNT_DISABLED)

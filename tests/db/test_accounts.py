@@ -1,0 +1,70 @@
+"""The la_alt_account repository."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from db import (
+    Account,
+    active_account_ids,
+    foreign_ids,
+    load_credentials,
+    record_checks,
+    save_credentials,
+    tenant_exists,
+    tenants_with_accounts,
+    update_profile,
+    upsert_accounts,
+)
+
+SECRET = "tok-SECRET-123"
+
+
+def _seed(engine: Engine) -> None:
+    rows = [
+        {"id": 1, "tenant_id": 7, "platform_uid": "u1", "access_token": SECRET, "refresh_token": "r-SECRET", "status": "alive"},
+        {"id": 2, "tenant_id": 7, "platform_uid": "u2", "status": "banned"},
+        {"id": 3, "tenant_id": 7, "platform_uid": "u3", "delete_time": 5},
+        {"id": 4, "tenant_id": 8, "platform_uid": "u4"},
+        {"id": 5, "tenant_id": 9, "platform_uid": "u5", "delete_time": 5},
+    ]
+    with Session(engine) as s, s.begin():
+        assert upsert_accounts(s, rows, now=1) == 5
+        upsert_accounts(s, [{"id": 4, "nickname": "four"}], now=2)
+
+
+def test_account_queries(engine: Engine) -> None:
+    _seed(engine)
+    with Session(engine) as s:
+        assert tenant_exists(s, 7) and not tenant_exists(s, 9) and not tenant_exists(s, 99)
+        assert active_account_ids(s, 7) == [1]
+        assert foreign_ids(s, 7, [1, 2, 3, 4, 4, 99]) == [3, 4, 99]
+        assert tenants_with_accounts(s) == [7, 8]
+        account = s.get(Account, 4)
+        assert account is not None and account.nickname == "four" and account.create_time == 1
+
+
+def test_credentials_guarded_and_hidden(engine: Engine) -> None:
+    _seed(engine)
+    with Session(engine) as s, s.begin():
+        creds = load_credentials(s, 1)
+        assert creds is not None and creds.access_token == SECRET and creds.token_version == 0
+        assert SECRET not in repr(creds) and "r-SECRET" not in repr(creds)
+        assert SECRET not in repr(s.get(Account, 1))
+        assert save_credentials(s, 1, "new-a", "new-r", 123, expected_version=0) == 1
+        assert save_credentials(s, 1, "late-a", "late-r", 456, expected_version=0) == 1  # lost the race
+        assert load_credentials(s, 1).access_token == "new-a"  # type: ignore[union-attr]
+        assert load_credentials(s, 3) is None
+
+
+def test_record_checks_and_profile(engine: Engine) -> None:
+    _seed(engine)
+    with Session(engine) as s, s.begin():
+        assert record_checks(s, [(1, "restricted", 50), (4, "alive", 51)]) == 2
+        update_profile(s, 1, nickname="昵称", avatar_url="http://x/a.png", now=60)
+    with Session(engine) as s:
+        one, four = s.get(Account, 1), s.get(Account, 4)
+        assert one is not None and four is not None
+        assert (one.status, one.last_check_time, one.nickname, one.avatar_url) == ("restricted", 50, "昵称", "http://x/a.png")
+        assert (four.status, four.last_check_time) == ("alive", 51)
