@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     lock_ttl_s: float = Field(30.0, gt=0)
     heartbeat_interval_s: float = Field(5.0, gt=0)
     reaper_stale_after_s: int = Field(120, ge=10)
+    db_outage_budget_s: float = Field(60.0, gt=0)  # stop a batch when the mirror stays unwritable this long
+    cancel_poll_s: float = Field(2.0, gt=0)  # how often a run asks Prefect whether it is being cancelled
+    progress_log_s: float = Field(2.0, gt=0)
 
     # History
     prune_after_days: int = Field(30, ge=1)

@@ -7,6 +7,7 @@ from db.accounts import (
     active_account_ids,
     foreign_ids,
     load_credentials,
+    load_credentials_many,
     record_checks,
     save_credentials,
     tenant_exists,
@@ -15,7 +16,13 @@ from db.accounts import (
     upsert_accounts,
 )
 from db.engine import get_engine, make_engine
-from db.maintenance import fail_stale_batches, mark_failed_unowned, pending_batches, prune_finished
+from db.maintenance import (
+    fail_stale_batches,
+    mark_failed_unowned,
+    pending_batches,
+    prune_finished,
+    running_batches,
+)
 from db.migrate import current, upgrade
 from db.mirror import (
     Claim,

@@ -14,7 +14,7 @@ from db._util import ACCOUNT, chunks, now_or
 
 __all__ = [
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
-    "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
+    "load_credentials_many", "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
 ]
 
 _LIVE = ACCOUNT.c.delete_time.is_(None)
@@ -70,6 +70,23 @@ def load_credentials(session: Session, account_id: int) -> Credentials | None:
     return Credentials(row.access_token, row.refresh_token, int(row.token_version), str(row.platform_uid))
 
 
+def load_credentials_many(session: Session, account_ids: Sequence[int]) -> dict[int, Credentials]:
+    """Credentials of many accounts in one query per 500 ids (missing or deleted ones are absent)."""
+    found: dict[int, Credentials] = {}
+    for part in chunks(sorted(set(account_ids))):
+        rows = session.execute(
+            select(
+                ACCOUNT.c.id, ACCOUNT.c.access_token, ACCOUNT.c.refresh_token,
+                ACCOUNT.c.token_version, ACCOUNT.c.platform_uid,
+            ).where(ACCOUNT.c.id.in_(part), _LIVE)
+        )
+        for row in rows:
+            found[int(row.id)] = Credentials(
+                row.access_token, row.refresh_token, int(row.token_version), str(row.platform_uid)
+            )
+    return found
+
+
 def save_credentials(
     session: Session,
     account_id: int,
@@ -100,19 +117,21 @@ def save_credentials(
 
 
 def record_checks(session: Session, rows: Sequence[tuple[int, str, int]]) -> int:
-    """Store liveness results: (account_id, status, checked_at); one executemany."""
-    if not rows:
-        return 0
-    for _, status, _ in rows:
+    """Store liveness results (account_id, status, checked_at): one UPDATE per (status, time) per 500 ids."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for account_id, status, checked_at in rows:
         if status not in st.ACCOUNT_STATUSES:
             raise ValueError(f"unknown account status {status!r}")
-    stmt = (
-        update(ACCOUNT)
-        .where(ACCOUNT.c.id == bindparam("b_id"))
-        .values(status=bindparam("b_status"), last_check_time=bindparam("b_at"), update_time=bindparam("b_at"))
-    )
-    params = [{"b_id": a, "b_status": s, "b_at": int(t)} for a, s, t in rows]
-    return int(session.connection().execute(stmt, params).rowcount)
+        groups.setdefault((status, int(checked_at)), []).append(int(account_id))
+    changed = 0
+    for (status, checked_at), ids in groups.items():
+        for part in chunks(ids):
+            changed += session.execute(
+                update(ACCOUNT)
+                .where(ACCOUNT.c.id.in_(part))
+                .values(status=status, last_check_time=checked_at, update_time=checked_at)
+            ).rowcount
+    return changed
 
 
 def update_profile(

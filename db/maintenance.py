@@ -10,7 +10,9 @@ from db._util import DETAIL, RUN, TASK, chunks, now_or
 from db.mirror import _final_values, recount
 from db.models import BatchTask
 
-__all__ = ["fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches"]
+__all__ = [
+    "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches", "running_batches",
+]
 
 
 def _fail_running(
@@ -108,3 +110,16 @@ def pending_batches(session: Session, limit: int) -> list[BatchTask]:
             .limit(limit)
         )
     )
+
+
+def running_batches(session: Session, flow_run_id: str | None = None) -> list[tuple[int, int, str | None]]:
+    """(batch id, fence, flow run id) of running batches, optionally only those one flow run owns."""
+    query = (
+        select(TASK.c.id, RUN.c.fence, RUN.c.flow_run_id)
+        .join(RUN, RUN.c.task_id == TASK.c.id)
+        .where(TASK.c.task_status == st.RUNNING)
+        .order_by(TASK.c.id)
+    )
+    if flow_run_id is not None:
+        query = query.where(RUN.c.flow_run_id == flow_run_id)
+    return [(int(r.id), int(r.fence), r.flow_run_id) for r in session.execute(query)]

@@ -391,7 +391,10 @@ def finish_batch(
     error_message: str | None = None,
     now: int | None = None,
 ) -> Counts:
-    """Move a running batch to a final status; counters are set from a recount."""
+    """Move a running batch to a final status; counters are set from a recount.
+
+    A batch the admin panel marked ``cancelled`` while it ran can be finished as cancelled.
+    """
     if status not in st.FINAL:
         raise ValueError(f"finish_batch: {status!r} is not a final status {st.FINAL}")
     now = now_or(now)
@@ -399,13 +402,19 @@ def finish_batch(
     counts = recount(session, batch_id)
     done = session.execute(
         update(TASK)
-        .where(TASK.c.id == batch_id, TASK.c.task_status == st.RUNNING)
+        .where(TASK.c.id == batch_id, TASK.c.task_status.in_(_finishable_from(status)))
         .values(_final_values(counts, status, error_message, now))
     ).rowcount
     if done != 1:
         current = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar()
         raise BatchNotClaimable(batch_id, str(current), "only a running batch can be finished")
     return counts
+
+
+def _finishable_from(status: str) -> tuple[str, ...]:
+    """A running batch can end in any final state; one cancelled by the admin panel while
+    running is still ours to close (end_time, true counters)."""
+    return (st.RUNNING, st.CANCELLED) if status == st.CANCELLED else (st.RUNNING,)
 
 
 def _final_values(counts: Counts, status: str, error_message: str | None, now: int) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The registry of batch types: how each one validates its input and handles one item.
+
+A batch type is data, not a class hierarchy:
+
+- ``parse(session, tenant_id, task_data, settings)`` validates the whole request against the
+  database (read-only) and returns the items ``[(item_id, item_data), ...]``; it raises an
+  ``InvalidInput`` with a message a user can act on, and writes nothing;
+- ``handle(ctx, item_id, item_data)`` does the work for one item and returns an
+  ``ItemOutcome`` (token-free); platform errors become failed outcomes;
+- ``apply(session, outcomes, now)`` (optional) mirrors the outcomes into our own tables in the
+  same short transaction that records them, so side effects are batched and idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from batchlib.errors import UnknownBatchType
+from batchlib.item_context import ItemContext
+from batchlib.outcomes import ItemOutcome
+from batchlib.settings import Settings
+
+__all__ = ["Item", "BatchType", "register", "get_batch_type", "batch_type_names"]
+
+Item = tuple[int, dict[str, Any] | None]
+Parse = Callable[[Session, int, Mapping[str, Any], Settings], list[Item]]
+Handle = Callable[[ItemContext, int, dict[str, Any] | None], Awaitable[ItemOutcome]]
+Apply = Callable[[Session, Sequence[ItemOutcome], int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchType:
+    name: str
+    title: str
+    parse: Parse
+    handle: Handle
+    apply: Apply | None = None
+    uses_platform: bool = True
+    uses_kubo: bool = False
+
+
+_REGISTRY: dict[str, BatchType] = {}
+
+
+def register(batch_type: BatchType) -> BatchType:
+    _REGISTRY[batch_type.name] = batch_type
+    return batch_type
+
+
+def _load_builtin() -> None:
+    # Importing the handler modules registers them.
+    import batchlib.handlers  # noqa: F401
+
+
+def get_batch_type(name: object) -> BatchType:
+    _load_builtin()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownBatchType(name, list(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def batch_type_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)

@@ -1,0 +1,334 @@
+"""Async client for the few Kubo RPC calls ``pin_sync`` needs (see docs/kubo-api.md).
+
+    async with KuboClient(settings.kubo_url) as kubo:
+        async with aclosing(kubo.iter_pins()) as pins:
+            async for pin in pins:                       # streamed, never the whole list in memory
+                stat = await kubo.stat(pin.cid)          # PinNotFound if it vanished meanwhile
+
+Errors (from ``batchlib.errors``; ``PinNotFound`` is defined here):
+
+    PlatformUnavailable   5xx, timeouts, connection errors past the retry budget;
+                          a pin/ls stream that breaks before its clean end
+    RateLimited           429 past the retry budget
+    PlatformRejected      400/403/404/405, or a 500 that no retry can fix (invalid path)
+    └── PinNotFound       files/stat says the block is gone: the pin disappeared. Never retried.
+    BadPlatformResponse   a body or line that is not the JSON we expect, or is too large
+
+Each call makes at most ``1 + max_retries`` requests. Only the opening of a pin/ls stream is
+retried: once lines were yielded, a break raises, and the caller lists again from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from batchlib.backoff import full_jitter, parse_retry_after
+from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchlib.settings import Settings
+
+__all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
+
+PinType = Literal["recursive", "direct", "indirect", "all"]
+T = TypeVar("T")
+
+# Waiting for a free pooled connection is not a node failure: no pool timeout.
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0, pool=None)
+_PIN_TYPES = ("recursive", "direct", "indirect", "all")
+_CID_RE = re.compile(r"[A-Za-z0-9]{8,128}")  # multibase CIDv1 or base58 CIDv0
+_NOT_FOUND_HINTS = ("not found", "could not find", "is not pinned")
+_TERMINAL_HINTS = ("invalid path", "invalid cid", "paths must start")
+
+
+@dataclass(frozen=True, slots=True)
+class PinRef:
+    """One line of ``pin/ls``."""
+
+    cid: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinStat:
+    """``files/stat`` of ``/ipfs/<cid>``: sizes in bytes, ``blocks`` = direct child blocks."""
+
+    cid: str
+    size: int
+    cumulative_size: int
+    blocks: int
+    type: str
+
+
+class PinNotFound(PlatformRejected):
+    """The pin was listed but its root block is gone (unpinned and collected): not retried."""
+
+    def __init__(self, cid: str, message: str) -> None:
+        super().__init__(f"not pinned: {cid} is no longer on the node ({message[:200]})", status_code=500)
+        self.cid = cid
+
+
+class _Transient(Exception):
+    """One attempt failed in a way another attempt may fix."""
+
+    def __init__(self, detail: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class KuboClient:
+    """One ``httpx.AsyncClient`` to a Kubo RPC endpoint; use it as an async context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        retry_after_max: float = 30.0,
+        max_line_bytes: int = 64 * 1024,
+        max_body_bytes: int = 1_000_000,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": "batchlib-kubo-client"},
+        )
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._retry_after_max = retry_after_max
+        self._max_line_bytes = max_line_bytes
+        self._max_body_bytes = max_body_bytes
+        self._rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "KuboClient":
+        """A client configured from ``BATCH_KUBO_URL`` and the ``BATCH_HTTP_*`` settings."""
+        options: dict[str, Any] = {
+            "timeout": httpx.Timeout(settings.http_read_timeout_s, connect=settings.http_connect_timeout_s, pool=None),
+            "max_retries": settings.http_max_retries,
+            "backoff_base": settings.http_backoff_base_s,
+            "backoff_max": settings.http_backoff_max_s,
+            "retry_after_max": settings.http_retry_after_max_s,
+            "max_body_bytes": settings.http_max_body_bytes,
+        }
+        return cls(settings.kubo_url, **{**options, **overrides})
+
+    async def __aenter__(self) -> "KuboClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- calls ------------------------------------------------------------------------------
+    async def version(self) -> str:
+        """The node's version string (``POST /api/v0/version``): a cheap liveness probe."""
+        body = await self._retrying("version", lambda: self._post_json("version", {}))
+        version = body.get("Version")
+        if not isinstance(version, str):
+            raise BadPlatformResponse("kubo version: the answer has no Version string")
+        return version
+
+    async def stat(self, cid: str) -> PinStat:
+        """``files/stat`` of ``/ipfs/<cid>`` (offline, so a missing block fails fast).
+
+        Raises PinNotFound, without retrying, when the node no longer has the pin's root block.
+        """
+        if not _CID_RE.fullmatch(cid):
+            raise PlatformRejected(f"kubo files/stat: {cid[:80]!r} is not a CID")
+        params = {"arg": f"/ipfs/{cid}", "offline": "true"}
+        body = await self._retrying("files/stat", lambda: self._post_json("files/stat", params, cid=cid))
+        try:
+            values = {key: body[key] for key in ("Size", "CumulativeSize", "Blocks")}
+            kind = body.get("Type", "")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+                raise TypeError
+            if not isinstance(kind, str):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise BadPlatformResponse(f"kubo files/stat: unexpected answer for {cid}: {str(body)[:200]}") from None
+        return PinStat(cid, values["Size"], values["CumulativeSize"], values["Blocks"], kind)
+
+    async def iter_pins(self, type: PinType = "recursive") -> AsyncIterator[PinRef]:
+        """Stream ``pin/ls?stream=true`` line by line.
+
+        Raises PlatformUnavailable("kubo stream ended early ...") if the body breaks before its
+        clean end (connection reset, incomplete chunked body, read timeout, or an error object in
+        the stream), and BadPlatformResponse on a line that is not a pin. Wrap the iterator in
+        ``contextlib.aclosing`` when you may stop early, so the connection is released at once.
+        """
+        if type not in _PIN_TYPES:
+            raise ValueError(f"pin type must be one of {', '.join(_PIN_TYPES)}, got {type!r}")
+        params = {"type": type, "stream": "true"}
+        response = await self._retrying("pin/ls", lambda: self._open("pin/ls", params))
+        count = 0
+        try:
+            async with aclosing(self._lines(response, lambda: count)) as lines:
+                async for line in lines:
+                    for pin in _parse_pin_line(line, count):
+                        count += 1
+                        yield pin
+        finally:
+            await response.aclose()
+
+    async def list_pins(self, type: PinType = "recursive") -> list[PinRef]:
+        """All pins in a list (the stream, collected)."""
+        async with aclosing(self.iter_pins(type)) as pins:
+            return [pin async for pin in pins]
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _retrying(self, endpoint: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` up to 1 + max_retries times while it fails transiently."""
+        attempts = self._max_retries + 1
+        last = _Transient("no attempt made")
+        for number in range(1, attempts + 1):
+            try:
+                return await attempt()
+            except _Transient as exc:
+                last = exc
+            if number < attempts:
+                delay = full_jitter(number - 1, self._backoff_base, self._backoff_max, self._rng)
+                if last.retry_after is not None:
+                    delay = max(delay, min(last.retry_after, self._retry_after_max))
+                await asyncio.sleep(delay)
+        error = RateLimited if last.status_code == 429 else PlatformUnavailable
+        reason = f"kubo {endpoint} unavailable after {attempts} attempt(s): {last.detail}"
+        raise error(reason, status_code=last.status_code)
+
+    async def _open(self, endpoint: str, params: dict[str, str], cid: str | None = None) -> httpx.Response:
+        """One request; returns the open response if it is a 200, else raises (and closes it)."""
+        request = self._http.build_request("POST", f"/api/v0/{endpoint}", params=params)
+        try:
+            response = await self._http.send(request, stream=True)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Transient(_describe(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise PlatformUnavailable(f"kubo {endpoint}: {_describe(exc)}") from exc
+        if response.status_code == 200:
+            return response
+        try:
+            body = await self._read(response, endpoint, error_body=True)
+        finally:
+            await response.aclose()
+        failure = _failure(endpoint, response.status_code, body, cid)
+        if isinstance(failure, _Transient):
+            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise failure
+
+    async def _post_json(self, endpoint: str, params: dict[str, str], cid: str | None = None) -> dict[str, Any]:
+        """One request whose 200 body is a single JSON object."""
+        response = await self._open(endpoint, params, cid)
+        try:
+            body = await self._read(response, endpoint)
+        finally:
+            await response.aclose()
+        try:
+            value = json.loads(body)
+        except ValueError:
+            raise BadPlatformResponse(f"kubo {endpoint}: the answer is not JSON: {body[:120]!r}") from None
+        if not isinstance(value, dict):
+            raise BadPlatformResponse(f"kubo {endpoint}: expected a JSON object, got {type(value).__name__}")
+        return value
+
+    async def _read(self, response: httpx.Response, endpoint: str, *, error_body: bool = False) -> bytes:
+        """The body, at most max_body_bytes (an error body is cut there, a 200 body is refused)."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self._max_body_bytes:
+                    if error_body:
+                        break
+                    raise BadPlatformResponse(f"kubo {endpoint}: the answer exceeds {self._max_body_bytes} bytes")
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Transient(_describe(exc)) from exc
+        return b"".join(chunks)[: self._max_body_bytes]
+
+    async def _lines(self, response: httpx.Response, count: Callable[[], int]) -> AsyncIterator[bytes]:
+        """Complete NDJSON lines; a break before the clean end becomes PlatformUnavailable."""
+        buffer = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                if len(buffer) > self._max_line_bytes:
+                    raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                for line in lines:
+                    if len(line) > self._max_line_bytes:
+                        raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                    if line.strip():
+                        yield line
+        except httpx.TransportError as exc:
+            raise PlatformUnavailable(f"kubo stream ended early after {count()} pins: {_describe(exc)}") from exc
+        if buffer.strip():
+            yield buffer  # a clean end without a final newline
+
+
+def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
+    """The pins in one line: ``{"Cid","Type"}``, or the non-stream ``{"Keys": {...}}`` shape."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not JSON: {line[:120]!r}") from None
+    if isinstance(value, dict) and value.get("Type") == "error" and "Message" in value:
+        raise PlatformUnavailable(f"kubo stream ended early after {seen} pins: {str(value['Message'])[:200]}")
+    if isinstance(value, dict) and isinstance(value.get("Cid"), str) and isinstance(value.get("Type"), str):
+        return [PinRef(value["Cid"], value["Type"])]
+    if isinstance(value, dict) and isinstance(value.get("Keys"), dict):
+        try:
+            return [PinRef(cid, info["Type"]) for cid, info in value["Keys"].items() if isinstance(info["Type"], str)]
+        except (KeyError, TypeError):
+            pass
+    raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not a pin: {line[:120]!r}")
+
+
+def _failure(endpoint: str, status: int, body: bytes, cid: str | None) -> Exception:
+    """Map a non-200 answer to the error to raise (``_Transient`` means: try again)."""
+    message = _kubo_message(body)
+    lowered = message.lower()
+    if status == 500 and cid is not None and any(hint in lowered for hint in _NOT_FOUND_HINTS):
+        return PinNotFound(cid, message)
+    if status == 429 or (status >= 500 and not any(hint in lowered for hint in _TERMINAL_HINTS)):
+        return _Transient(f"HTTP {status}: {message}", status_code=status)
+    if 400 <= status < 600:
+        return PlatformRejected(f"kubo {endpoint} refused the call (HTTP {status}): {message}", status_code=status)
+    return BadPlatformResponse(f"kubo {endpoint}: unexpected HTTP {status}", status_code=status)
+
+
+def _kubo_message(body: bytes) -> str:
+    """The ``Message`` of Kubo's error object, else the start of the body as text."""
+    try:
+        value = json.loads(body)
+        if isinstance(value, dict) and isinstance(value.get("Message"), str):
+            return value["Message"][:300]
+    except ValueError:
+        pass
+    return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__

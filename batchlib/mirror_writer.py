@@ -1,0 +1,144 @@
+"""Buffers item outcomes and flushes them into the mirror in short, batched transactions.
+
+One flush = one transaction: fence check (also the heartbeat), a set-based guarded UPDATE
+per final status, one counter UPDATE, the batch type's side effects. It runs in a worker
+thread, so the event loop keeps the platform calls going; a connection is never held across
+a platform call. A flush happens every ``interval`` seconds, or sooner when ``max_items``
+outcomes are waiting; with nothing to record it still heartbeats every ``heartbeat_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from batchlib.errors import StaleFence
+from batchlib.outcomes import ItemOutcome
+
+__all__ = ["MirrorWriter", "FlushStats"]
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Session, Sequence[ItemOutcome], int], None]
+
+
+@dataclass(slots=True)
+class FlushStats:
+    flushes: int = 0
+    recorded: int = 0
+    moved: int = 0
+    max_lag_s: float = 0.0  # worst delay between an outcome arriving and its commit
+
+
+class MirrorWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        batch_id: int,
+        fence: int,
+        *,
+        apply: Apply | None = None,
+        interval: float = 0.5,
+        max_items: int = 500,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self.batch_id = batch_id
+        self.fence = fence
+        self._apply = apply
+        self._interval = interval
+        self._max_items = max_items
+        self._heartbeat_s = heartbeat_s
+        self._buffer: list[tuple[float, ItemOutcome]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._last_write = time.monotonic()
+        self.stats = FlushStats()
+        self.cancel_requested = False  # the admin panel set the row to cancelled
+        self.stale = False  # another run owns the batch now
+        self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
+        self.on_progress: Callable[[int], None] | None = None
+
+    def add(self, outcome: ItemOutcome) -> None:
+        self._buffer.append((time.monotonic(), outcome))
+        if len(self._buffer) >= self._max_items:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """Flush periodically until ``close()``; failures are kept in ``stale`` / ``error``."""
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._closing:
+                break
+            if self._buffer or time.monotonic() - self._last_write >= self._heartbeat_s:
+                await self._flush_safely()
+
+    async def close(self) -> None:
+        """Final flush of whatever is buffered (called once processing has stopped)."""
+        self._closing = True
+        self._wake.set()
+        if self._buffer and not self.stale:
+            await self._flush_safely()
+
+    def flush_now(self) -> None:
+        """Blocking flush, for shutdown paths where the event loop is going away."""
+        if self._buffer and not self.stale:
+            batch, self._buffer = self._buffer, []
+            self._write_batch(batch)
+
+    async def _flush_safely(self) -> None:
+        batch, self._buffer = self._buffer, []
+        try:
+            await asyncio.to_thread(self._write_batch, batch)
+        except StaleFence:
+            self.stale = True
+        except Exception as exc:  # database down past the retry budget
+            log.error("mirror flush of batch %s failed: %s", self.batch_id, type(exc).__name__)
+            self._buffer[:0] = batch  # keep them for the next try / the final flush
+            self.error = exc
+
+    def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
+        from db import run_transaction
+
+        outcomes = [o for _, o in batch]
+        moved, status = run_transaction(self._engine, lambda s: self._write(s, outcomes))
+        now = time.monotonic()
+        self._last_write = now
+        self.error = None
+        self.stats.flushes += 1
+        self.stats.recorded += len(outcomes)
+        self.stats.moved += moved
+        if batch:
+            self.stats.max_lag_s = max(self.stats.max_lag_s, now - min(t for t, _ in batch))
+        if status == "cancelled":
+            self.cancel_requested = True
+        if self.on_progress is not None and outcomes:
+            self.on_progress(moved)
+
+    def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, str]:
+        from db import BatchTask, heartbeat, record_outcomes
+
+        now = int(time.time())
+        if outcomes:
+            moved = record_outcomes(session, self.batch_id, self.fence, outcomes, now).total
+            if self._apply is not None:
+                self._apply(session, outcomes, now)
+        else:
+            heartbeat(session, self.batch_id, self.fence, now)
+            moved = 0
+        status = session.execute(select(BatchTask.task_status).where(BatchTask.id == self.batch_id)).scalar()
+        return moved, str(status)

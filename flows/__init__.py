@@ -1,0 +1,1 @@
+"""Prefect flows: one thin module per batch type, plus the maintenance flows."""

@@ -1,0 +1,57 @@
+"""account-check (批量验活): is each account of a tenant alive, banned or restricted?
+
+    python -m flows.account_check --tenant-id 7 [--account-ids 1,2,3] [--resume 42]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.batch_cli import base_parser, id_list, run_cli
+from flows.batch_runner import run_batch_flow
+from tasks.hooks import mark_cancelled, mark_crashed
+
+TASK_TYPE = "account_check"
+
+
+@flow(
+    name="account-check",
+    flow_run_name="account-check-tenant-{tenant_id}",
+    on_cancellation=[mark_cancelled],
+    on_crashed=[mark_crashed],
+)
+async def account_check(
+    tenant_id: int | None = None,
+    account_ids: list[int] | None = None,
+    task_name: str | None = None,
+    create_admin_id: int = 0,
+    batch_id: int | None = None,
+):
+    """Check accounts of one tenant (all active ones unless ``account_ids`` is given).
+
+    ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
+    failed/cancelled one: only items still pending are processed.
+    """
+    task_data = {"account_ids": account_ids} if account_ids is not None else None
+    return await run_batch_flow(
+        TASK_TYPE, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
+        create_admin_id=create_admin_id, batch_id=batch_id,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("python -m flows.account_check", __doc__.splitlines()[0])
+    parser.add_argument("--account-ids", type=id_list, help="comma-separated account ids (default: all)")
+    args = parser.parse_args(argv)
+    if args.tenant_id is None and args.resume is None:
+        parser.error("give --tenant-id, or --resume BATCH_ID")
+    return run_cli(account_check, {
+        "tenant_id": args.tenant_id, "account_ids": args.account_ids, "task_name": args.task_name,
+        "create_admin_id": args.admin_id, "batch_id": args.resume,
+    })
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared command line for the batch flows: run one under Prefect's API, print a summary.
+
+Exit status: 0 when the batch finished (even with failed items), 1 when it failed or was
+cancelled, 2 when the request was refused (bad input, another batch active).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["base_parser", "id_list", "run_cli"]
+
+
+def id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text!r}") from None
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--tenant-id", type=int, help="tenant whose accounts are processed")
+    parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="claim or resume this batch id")
+    parser.add_argument("--task-name", help="name shown in the admin panel")
+    parser.add_argument("--admin-id", type=int, default=0, help="create_admin_id of a new batch")
+    return parser
+
+
+def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
+    # Progress and the summary are logged by the flow; one line per finished task run is noise here.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    state = asyncio.run(flow_fn(**parameters, return_state=True))
+    message = state.message or state.type.value
+    if state.is_completed():
+        print(message)
+        return 0
+    print(f"error: {message}" if message.startswith("rejected:") else message, file=sys.stderr)
+    return 2 if message.startswith("rejected:") else 1

@@ -1,0 +1,323 @@
+"""The shared batch runner every batch-type flow calls.
+
+    describe (resume / admin row) -> lease (tenant, type) -> open: validate, claim, detail rows
+    -> feed pending items to Prefect tasks under the (tenant, type) limit
+    -> mirror outcomes as they arrive -> close: completed / cancelled / failed -> release
+
+Items become one Prefect task run each; above ``chunk_threshold`` items they are grouped
+into chunk task runs (Prefect costs ~5 ms of CPU per task run; see docs/benchmarks.md), and
+the mirror still gets one detail row per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled, Completed, Failed, State
+
+from batchlib.batch_types import BatchType, get_batch_type
+from batchlib.errors import BatchError, LockLost, StaleFence
+from batchlib.item_context import ItemContext
+from batchlib.locks import lease_for
+from batchlib.mirror_writer import MirrorWriter
+from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
+from batchlib.settings import Settings, get_settings
+from batchlib.token_store import DbTokenStore
+from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
+from tasks.items import process_chunk, process_item
+
+__all__ = ["BatchSummary", "run_batch", "run_batch_flow"]
+
+PAGE = 5000
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    batch_id: int
+    tenant_id: int
+    task_type: str
+    status: str
+    total: int
+    processed: int
+    success: int
+    failed: int
+    pending: int
+    elapsed_s: float
+    mode: str
+    stop_reason: str | None = None
+
+    def line(self) -> str:
+        return (
+            f"batch {self.batch_id} ({self.task_type}, tenant {self.tenant_id}) {self.status}: "
+            f"{self.processed}/{self.total} processed, {self.success} succeeded, {self.failed} failed"
+            + (f", {self.pending} left pending" if self.pending else "")
+            + f" in {self.elapsed_s:.1f}s"
+        )
+
+
+async def run_batch_flow(task_type: str, **request: Any) -> State:
+    """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
+    try:
+        summary = await run_batch(task_type, **request)
+    except BatchError as exc:
+        # A user-facing refusal (bad input, already active, unknown batch): no traceback.
+        get_run_logger().error("rejected: %s", exc)
+        return Failed(message=f"rejected: {exc}")
+    data = asdict(summary)
+    if summary.status == "completed":
+        return Completed(message=summary.line(), data=data)
+    if summary.status == "cancelled":
+        return Cancelled(message=summary.line(), data=data)
+    return Failed(message=summary.line() + (f": {summary.stop_reason}" if summary.stop_reason else ""), data=data)
+
+
+async def run_batch(
+    task_type: str,
+    *,
+    tenant_id: int | None,
+    task_data: dict[str, Any] | None,
+    task_name: str | None = None,
+    create_admin_id: int = 0,
+    batch_id: int | None = None,
+    takeover: bool = False,
+) -> BatchSummary:
+    started = time.monotonic()
+    settings = get_settings()
+    batch_type = get_batch_type(task_type)
+    flow_run_id = _flow_run_id()
+    if batch_id is not None:
+        row = _accepted(describe_batch(batch_id, task_type))
+        if tenant_id is not None and tenant_id != row.tenant_id:
+            raise BatchError(f"batch {batch_id} belongs to tenant {row.tenant_id}, not tenant {tenant_id}")
+        tenant_id, task_data = row.tenant_id, row.task_data
+    if tenant_id is None:
+        raise BatchError("give a tenant id (or the id of a batch to resume)")
+
+    lease = lease_for(settings, tenant_id, task_type)
+    with lease:
+        opened = _accepted(open_batch(
+            task_type, tenant_id, task_data,
+            task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
+            create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
+        ))
+        if opened.pending == 0:
+            counts, status, reason, mode = _counts_of(opened.batch_id), "completed", None, "none"
+        else:
+            status, reason, mode = await _process(batch_type, settings, tenant_id, opened, lease)
+            counts = close_batch(opened.batch_id, opened.fence, status, reason)
+    summary = BatchSummary(
+        opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
+        counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
+    )
+    get_run_logger().info(summary.line())
+    return summary
+
+
+async def _process(
+    batch_type: BatchType, settings: Settings, tenant_id: int, opened: OpenedBatch, lease
+) -> tuple[str, str | None, str]:
+    """Run every pending item; return (final status, reason, mode). Raises when we lost the batch."""
+    from db import get_engine
+
+    engine = get_engine(settings.database_url.get_secret_value())
+    mirror = MirrorWriter(
+        engine, opened.batch_id, opened.fence, apply=batch_type.apply,
+        interval=settings.flush_interval_s, max_items=settings.flush_max_items,
+        heartbeat_s=settings.heartbeat_interval_s,
+    )
+    token_store = DbTokenStore(engine)
+    chunked = opened.pending > settings.chunk_threshold
+    mode = f"chunks of {settings.chunk_size}" if chunked else "task per item"
+    async with _clients(batch_type, settings, token_store) as (platform, kubo):
+        ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo)
+        limit = settings.concurrency_for(tenant_id, batch_type.name)
+        runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
+        register_runtime(runtime)
+        flusher = asyncio.create_task(mirror.run())
+        watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
+        get_run_logger().info(
+            "batch %s: %s pending of %s items, %s, at most %s in flight",
+            opened.batch_id, opened.pending, opened.total, mode, limit,
+        )
+        try:
+            await _feed(runtime, settings, token_store, chunked, limit)
+        finally:
+            watcher.cancel()
+            await mirror.close()
+            flusher.cancel()
+            unregister_runtime(opened.batch_id)
+    if mirror.stale:
+        raise StaleFence(opened.batch_id, opened.fence)
+    if lease.lost:
+        raise LockLost(lease.key)
+    reason = runtime.stop_reason
+    if reason == "cancelled":
+        return "cancelled", None, mode
+    if reason is not None or mirror.error is not None:
+        return "failed", reason or f"database unavailable: {type(mirror.error).__name__}", mode
+    return "completed", None, mode
+
+
+class _clients:
+    """The batch's long-lived HTTP clients (one per batch run, bound to this event loop)."""
+
+    def __init__(self, batch_type: BatchType, settings: Settings, token_store: DbTokenStore) -> None:
+        self._type, self._settings, self._store = batch_type, settings, token_store
+        self._open: list[Any] = []
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        platform = kubo = None
+        if self._type.uses_platform:
+            from batchlib.platform_client import PlatformClient
+
+            platform = await PlatformClient.from_settings(self._settings, self._store).__aenter__()
+            self._open.append(platform)
+        if self._type.uses_kubo:
+            from batchlib.kubo_client import KuboClient
+
+            kubo = await KuboClient.from_settings(self._settings).__aenter__()
+            self._open.append(kubo)
+        return platform, kubo
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in reversed(self._open):
+            await client.__aexit__(None, None, None)
+
+
+async def _feed(
+    runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool, limit: int
+) -> None:
+    """Page through pending items and hand them to task runs, never more than the limit at once."""
+    from db import pending_items, run_transaction
+
+    ctx = runtime.ctx
+    in_flight: set[asyncio.Task] = set()
+    # Enough chunks in flight to keep every slot of the limit busy, and no more.
+    chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
+    after, previous_page = 0, []
+    while not runtime.stopped:
+        page = await asyncio.to_thread(
+            run_transaction, ctx.engine, lambda s: pending_items(s, ctx.batch_id, after, PAGE)
+        )
+        if not page:
+            break
+        after = page[-1][0]
+        if runtime.batch_type.uses_platform:
+            token_store.forget(previous_page)
+            await asyncio.to_thread(token_store.preload, [i for i, _ in page])
+            previous_page = [i for i, _ in page]
+        if chunked:
+            for start in range(0, len(page), settings.chunk_size):
+                part = page[start : start + settings.chunk_size]
+                await chunk_slots.acquire()
+                if runtime.stopped:
+                    chunk_slots.release()
+                    break
+                _spawn(in_flight, _run_chunk(runtime, part), chunk_slots)
+        else:
+            for item_id, item_data in page:
+                await runtime.limit.acquire()
+                if runtime.stopped:
+                    runtime.limit.release()
+                    break
+                _spawn(in_flight, _run_item(runtime, item_id, item_data), runtime.limit)
+    if in_flight:
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+def _spawn(in_flight: set[asyncio.Task], coro, slot: asyncio.Semaphore) -> None:
+    job = asyncio.create_task(coro)
+    in_flight.add(job)
+
+    def done(t: asyncio.Task) -> None:
+        in_flight.discard(t)
+        slot.release()
+
+    job.add_done_callback(done)
+
+
+async def _run_item(runtime: BatchRuntime, item_id: int, item_data: dict | None) -> None:
+    from batchlib.outcomes import ItemOutcome
+
+    try:
+        await process_item(runtime.batch_type.name, runtime.ctx.batch_id, item_id, item_data)
+    except Exception as exc:  # the task run itself failed (not the item's work)
+        runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}"))
+
+
+async def _run_chunk(runtime: BatchRuntime, part: list) -> None:
+    from batchlib.outcomes import ItemOutcome
+
+    try:
+        await process_chunk(runtime.batch_type.name, runtime.ctx.batch_id, part[0][0], part[-1][0], part)
+    except Exception as exc:
+        for item_id, _ in part:
+            runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}"))
+
+
+async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: OpenedBatch) -> None:
+    """Stop the feed on cancellation (Prefect or admin panel), a lost lease or fence, a long DB outage."""
+    logger = get_run_logger()
+    flow_run_id = _flow_run_id()
+    last_poll = last_log = time.monotonic()
+    error_since: float | None = None
+    while not runtime.stopped:
+        await asyncio.sleep(0.2)
+        now = time.monotonic()
+        mirror = runtime.mirror
+        if lease.lost:
+            runtime.stop("lease lost")
+        elif mirror.stale:
+            runtime.stop("taken over by another run")
+        elif mirror.cancel_requested:
+            runtime.stop("cancelled")
+        if mirror.error is not None:
+            error_since = error_since or now
+            if now - error_since > settings.db_outage_budget_s:
+                runtime.stop(f"database unavailable for {settings.db_outage_budget_s:.0f}s")
+        else:
+            error_since = None
+        if flow_run_id and now - last_poll >= settings.cancel_poll_s:
+            last_poll = now
+            if await _is_cancelling(flow_run_id):
+                runtime.stop("cancelled")
+        if now - last_log >= settings.progress_log_s:
+            last_log = now
+            logger.info(
+                "batch %s progress: %s/%s recorded", opened.batch_id, mirror.stats.moved, opened.pending
+            )
+
+
+async def _is_cancelling(flow_run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+    except Exception:  # the API being slow must not stop the batch
+        return False
+    return bool(run.state and (run.state.is_cancelling() or run.state.is_cancelled()))
+
+
+def _accepted(result: T | Refusal) -> T:
+    if isinstance(result, Refusal):
+        result.raise_()
+    return result
+
+
+def _flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _counts_of(batch_id: int) -> dict[str, int]:
+    from db import get_engine, recount, run_transaction
+
+    engine = get_engine(get_settings().database_url.get_secret_value())
+    return counts_dict(run_transaction(engine, lambda s: recount(s, batch_id)))

@@ -1,0 +1,187 @@
+"""The batch lifecycle steps, each a short database transaction run as a Prefect task."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from batchlib.batch_types import get_batch_type
+from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch
+from batchlib.settings import get_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = [
+    "Refusal", "refusals_as_values", "BatchRow", "OpenedBatch", "describe_batch", "open_batch", "close_batch", "counts_dict", "owner_name",
+]
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _engine():
+    from db import get_engine
+
+    return get_engine(get_settings().database_url.get_secret_value())
+
+
+def _tx(fn):
+    from db import run_transaction
+
+    return run_transaction(_engine(), fn)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused for a reason the user can act on (returned, not raised, so no traceback)."""
+
+    kind: str
+    message: str
+
+    def raise_(self) -> NoReturn:
+        raise BatchError(self.message)
+
+
+def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refusal:
+        try:
+            return fn(*args, **kwargs)
+        except BatchError as exc:
+            return Refusal(type(exc).__name__, str(exc))
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    batch_id: int
+    tenant_id: int
+    task_type: str
+    task_status: str
+    task_data: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedBatch:
+    batch_id: int
+    fence: int
+    total: int
+    pending: int
+    resumed: bool
+
+
+@task(name="describe-batch", cache_policy=NO_CACHE, persist_result=False)
+@refusals_as_values
+def describe_batch(batch_id: int, task_type: str) -> BatchRow:
+    """Read an existing batch row (admin panel insert, or one to resume); nothing is written."""
+    import json
+
+    from db import get_batch
+
+    row = _tx(lambda s: get_batch(s, batch_id))
+    if row is None or row.delete_time is not None:
+        raise UnknownBatch(batch_id)
+    if row.task_type != task_type:
+        raise BatchNotClaimable(batch_id, row.task_status, f"it is a {row.task_type} batch, not {task_type}")
+    try:
+        data = json.loads(row.task_data) if row.task_data else None
+    except ValueError:
+        data = None
+    return BatchRow(row.id, row.tenant_id, row.task_type, row.task_status, data if isinstance(data, dict) else None)
+
+
+@task(name="open-batch", cache_policy=NO_CACHE, persist_result=False)
+@refusals_as_values
+def open_batch(
+    task_type: str,
+    tenant_id: int,
+    task_data: dict[str, Any] | None,
+    *,
+    task_name: str,
+    create_admin_id: int,
+    batch_id: int | None,
+    flow_run_id: str | None,
+    takeover: bool = False,
+) -> OpenedBatch:
+    """Validate, then create or claim the batch row and write its pending detail rows.
+
+    A new batch: validation errors write nothing. An existing row (admin panel, resume):
+    a row whose input is invalid is marked ``failed`` with a readable reason, then the error
+    is raised. Detail rows are inserted in chunks, each its own short transaction.
+    """
+    from db import add_details, claim_batch, create_batch, finish_batch, recount, set_total
+
+    settings = get_settings()
+    batch_type = get_batch_type(task_type)
+    owner = owner_name()
+
+    def has_details(session) -> bool:
+        return batch_id is not None and recount(session, batch_id).total > 0
+
+    resuming = _tx(has_details)
+    items = None
+    if not resuming:
+        try:
+            items = _tx(lambda s: batch_type.parse(s, tenant_id, task_data or {}, settings))
+        except InvalidInput as exc:
+            if batch_id is not None:
+                _fail_row(batch_id, owner, flow_run_id, f"invalid task_data: {exc}")
+            raise
+        if not items:
+            raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
+
+    def claim(session):
+        target = batch_id
+        if target is None:
+            target = create_batch(
+                session, tenant_id=tenant_id, task_type=task_type, task_name=task_name,
+                create_admin_id=create_admin_id, task_data=task_data,
+            )
+        return claim_batch(session, target, owner=owner, flow_run_id=flow_run_id, takeover=takeover)
+
+    claimed = _tx(claim)
+    if items is not None:
+        step = settings.detail_insert_chunk
+        for start in range(0, len(items), step):
+            part = items[start : start + step]
+            _tx(lambda s: add_details(s, claimed.batch_id, claimed.fence, part))
+    counts = _tx(lambda s: (set_total(s, claimed.batch_id, claimed.fence), recount(s, claimed.batch_id))[1])
+    if counts.pending == 0:
+        # Nothing left to do (a resume of a batch whose items all finished): close it now.
+        _tx(lambda s: finish_batch(s, claimed.batch_id, claimed.fence, "completed"))
+    return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
+
+
+def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -> None:
+    from db import claim_batch, finish_batch
+
+    def fail(session) -> None:
+        claimed = claim_batch(session, batch_id, owner=owner, flow_run_id=flow_run_id)
+        finish_batch(session, batch_id, claimed.fence, "failed", reason)
+
+    _tx(fail)
+
+
+@task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
+def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, int]:
+    """Final state + counters from a recount (fenced: a run that lost the batch writes nothing)."""
+    from db import finish_batch
+
+    return counts_dict(_tx(lambda s: finish_batch(s, batch_id, fence, status, error_message)))
+
+
+def counts_dict(counts) -> dict[str, int]:
+    return {
+        "total": counts.total, "processed": counts.processed, "success": counts.success,
+        "failed": counts.failed, "pending": counts.pending,
+    }

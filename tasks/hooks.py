@@ -1,0 +1,39 @@
+"""Flow-run state hooks that mirror a run's ending into la_batch_task.
+
+When a run is cancelled from the UI or crashes, the runner's own cleanup may not get to
+close its batch; these hooks find the batches the flow run owns (la_batch_run.flow_run_id)
+and close them, fenced. A SIGKILLed worker runs no hook: the reaper handles that.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from batchlib.errors import BatchError
+
+__all__ = ["mark_cancelled", "mark_crashed", "close_owned_batches"]
+
+log = logging.getLogger(__name__)
+
+
+def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> list[int]:
+    from db import finish_batch, get_engine, run_transaction, running_batches
+    from batchlib.settings import get_settings
+
+    engine = get_engine(get_settings().database_url.get_secret_value())
+    closed = []
+    for batch_id, fence, _ in run_transaction(engine, lambda s: running_batches(s, flow_run_id)):
+        try:
+            run_transaction(engine, lambda s: finish_batch(s, batch_id, fence, status, reason))
+            closed.append(batch_id)
+        except BatchError as exc:  # fenced out or already closed: not ours any more
+            log.info("batch %s not closed by hook: %s", batch_id, exc)
+    return closed
+
+
+def mark_cancelled(flow, flow_run, state) -> None:
+    close_owned_batches(str(flow_run.id), "cancelled", None)
+
+
+def mark_crashed(flow, flow_run, state) -> None:
+    close_owned_batches(str(flow_run.id), "failed", f"flow run crashed: {state.message or state.type}")
