@@ -7,6 +7,9 @@ A batch type is data, not a class hierarchy:
   ``InvalidInput`` with a message a user can act on, and writes nothing;
 - ``handle(ctx, item_id, item_data)`` does the work for one item and returns an
   ``ItemOutcome`` (token-free); platform errors become failed outcomes;
+- ``collect(settings, tenant_id, task_data)`` (optional, async) discovers the items from an
+  outside service before the batch opens (pin_sync lists the node's pins); ``parse`` then
+  only validates ``task_data`` and its returned items are replaced by the collected ones;
 - ``apply(session, outcomes, now)`` (optional) mirrors the outcomes into our own tables in the
   same short transaction that records them, so side effects are batched and idempotent.
 """
@@ -30,6 +33,7 @@ Item = tuple[int, dict[str, Any] | None]
 Parse = Callable[[Session, int, Mapping[str, Any], Settings], list[Item]]
 Handle = Callable[[ItemContext, int, dict[str, Any] | None], Awaitable[ItemOutcome]]
 Apply = Callable[[Session, Sequence[ItemOutcome], int], None]
+Collect = Callable[[Settings, int, Mapping[str, Any]], Awaitable[list[Item]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,7 @@ class BatchType:
     parse: Parse
     handle: Handle
     apply: Apply | None = None
+    collect: Collect | None = None
     uses_platform: bool = True
     uses_kubo: bool = False
 

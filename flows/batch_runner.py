@@ -101,10 +101,14 @@ async def run_batch(
 
     lease = lease_for(settings, tenant_id, task_type)
     with lease:
+        collected = None
+        if batch_type.collect is not None and not (batch_id is not None and _counts_of(batch_id)["total"]):
+            collected = await batch_type.collect(settings, tenant_id, task_data or {})
         opened = _accepted(open_batch(
             task_type, tenant_id, task_data,
             task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
+            collected=collected,
         ))
         if opened.pending == 0:
             counts, status, reason, mode = _counts_of(opened.batch_id), "completed", None, "none"

@@ -112,12 +112,14 @@ def open_batch(
     batch_id: int | None,
     flow_run_id: str | None,
     takeover: bool = False,
+    collected: list[tuple[int, dict[str, Any] | None]] | None = None,
 ) -> OpenedBatch:
     """Validate, then create or claim the batch row and write its pending detail rows.
 
     A new batch: validation errors write nothing. An existing row (admin panel, resume):
     a row whose input is invalid is marked ``failed`` with a readable reason, then the error
-    is raised. Detail rows are inserted in chunks, each its own short transaction.
+    is raised. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns.
+    Detail rows are inserted in chunks, each its own short transaction.
     """
     from db import add_details, claim_batch, create_batch, finish_batch, recount, set_total
 
@@ -137,6 +139,8 @@ def open_batch(
             if batch_id is not None:
                 _fail_row(batch_id, owner, flow_run_id, f"invalid task_data: {exc}")
             raise
+        if collected is not None:
+            items = collected
         if not items:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
 
