@@ -10,7 +10,7 @@ import sys
 from prefect import flow
 
 from flows.batch_cli import base_parser, id_list, run_cli
-from flows.batch_runner import run_batch_flow
+from flows.batch_runner import batch_run_name, run_batch_flow
 from tasks.hooks import mark_cancelled, mark_crashed
 
 TASK_TYPE = "account_check"
@@ -18,7 +18,7 @@ TASK_TYPE = "account_check"
 
 @flow(
     name="account-check",
-    flow_run_name="account-check-tenant-{tenant_id}",
+    flow_run_name=batch_run_name("account-check"),
     on_cancellation=[mark_cancelled],
     on_crashed=[mark_crashed],
 )

@@ -31,7 +31,7 @@ from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
 
-__all__ = ["BatchSummary", "run_batch", "run_batch_flow"]
+__all__ = ["BatchSummary", "run_batch", "run_batch_flow", "batch_run_name"]
 
 PAGE = 5000
 T = TypeVar("T")
@@ -59,6 +59,20 @@ class BatchSummary:
             + (f", {self.pending} left pending" if self.pending else "")
             + f" in {self.elapsed_s:.1f}s"
         )
+
+
+def batch_run_name(flow_name: str):
+    """Flow-run names that say what runs: ``account-check-tenant-7`` or ``account-check-batch-42``."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        if params.get("batch_id") is not None:
+            return f"{flow_name}-batch-{params['batch_id']}"
+        return f"{flow_name}-tenant-{params.get('tenant_id')}"
+
+    return name
 
 
 async def run_batch_flow(task_type: str, **request: Any) -> State:

@@ -66,3 +66,12 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (PostgreSQL backend) shared by the whole test session."""
+    from tests.prefect_server import PrefectServer
+
+    with PrefectServer() as server:
+        yield server
