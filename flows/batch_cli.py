@@ -9,11 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["base_parser", "id_list", "run_cli"]
+__all__ = ["base_parser", "id_list", "run_cli", "quiet_prefect", "drain_ephemeral_api"]
+
+
+def quiet_prefect() -> None:
+    """No telemetry from a loopback-only machine; no line per finished task run on the console."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+
+
+def drain_ephemeral_api(seconds: float = 3.0) -> None:
+    """Without PREFECT_API_URL, Prefect serves a temporary API from this process and stops it
+    at exit; give it a moment to record the last task-run events (it logs errors otherwise)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        time.sleep(seconds)
 
 
 def id_list(text: str) -> list[int]:
@@ -33,9 +48,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
-    # Progress and the summary are logged by the flow; one line per finished task run is noise here.
-    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    quiet_prefect()
     state = asyncio.run(flow_fn(**parameters, return_state=True))
+    drain_ephemeral_api()
     message = state.message or state.type.value
     if state.is_completed():
         print(message)
