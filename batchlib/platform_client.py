@@ -1,0 +1,448 @@
+"""Async client of the account platform; the contract is docs/platform-api.md.
+
+What each answer leads to::
+
+    2xx with a JSON object of the expected shape -> returned
+    2xx unreadable (HTML, truncated JSON)        -> retried once, then BadPlatformResponse
+    2xx JSON of the wrong shape                  -> BadPlatformResponse (not retried)
+    body over max_body_bytes                     -> BadPlatformResponse (streamed, stops at the cap)
+    401                                          -> one single-flight refresh per account, then one retry;
+                                                    refresh refused -> TokenRefreshFailed
+    429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
+    5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
+    other 4xx                                    -> PlatformRejected(<error code>), not retried
+
+Request budget of one call: 1 + ``max_retries`` sends (shared by the call and a refresh it
+leads), plus at most one refresh request and one re-send after it: never more than
+``max_requests_per_call``. ``attempts`` counts every request sent.
+
+Tokens travel only in the ``Authorization`` header and the refresh body; they never
+appear in URLs, log records or exception text, and exceptions are raised without
+chaining the httpx error (whose request object holds the headers).
+
+One client belongs to the event loop it is first used in (its connection pool and
+per-account locks are bound to it): create one per loop, use it as ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import random
+import re
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import httpx
+
+from batchlib.backoff import full_jitter, parse_retry_after
+from batchlib.errors import (
+    BadPlatformResponse,
+    PlatformRejected,
+    PlatformUnavailable,
+    RateLimited,
+    TokenRefreshFailed,
+)
+
+if TYPE_CHECKING:
+    from batchlib.settings import Settings
+
+__all__ = [
+    "AccountState",
+    "AccountStatus",
+    "Credentials",
+    "FriendStatus",
+    "InMemoryTokenStore",
+    "PlatformClient",
+    "TokenStore",
+]
+
+logger = logging.getLogger(__name__)
+
+AccountStatus = Literal["alive", "banned", "restricted"]
+FriendStatus = Literal["sent", "already_friends", "pending"]
+ACCOUNT_STATUSES = frozenset({"alive", "banned", "restricted"})
+FRIEND_STATUSES = frozenset({"sent", "already_friends", "pending"})
+REFRESH_PATH = "/v1/oauth/refresh"
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An account's tokens; ``version`` increases with every stored refresh. Repr hides the tokens."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    version: int = 0
+
+
+class TokenStore(Protocol):
+    """Where an account's tokens live (the database in production)."""
+
+    async def load(self, account_id: int) -> Credentials: ...
+
+    async def save(
+        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+    ) -> Credentials:
+        """Store new tokens if the stored version is still ``old_version``; return what is stored now."""
+        ...
+
+
+class InMemoryTokenStore:
+    """A dict-backed ``TokenStore`` for tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[int, Credentials] = {}
+        self.saves = 0
+
+    def put(self, account_id: int, access_token: str, refresh_token: str, version: int = 1) -> Credentials:
+        creds = self._tokens[account_id] = Credentials(access_token, refresh_token, version)
+        return creds
+
+    def get(self, account_id: int) -> Credentials:
+        return self._tokens[account_id]
+
+    async def load(self, account_id: int) -> Credentials:
+        return self._tokens[account_id]
+
+    async def save(
+        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+    ) -> Credentials:
+        current = self._tokens[account_id]
+        if current.version == old_version:
+            current = self._tokens[account_id] = Credentials(access_token, refresh_token, old_version + 1)
+            self.saves += 1
+        return current
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    uid: str
+    status: AccountStatus
+    nickname: str
+    avatar_url: str | None
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    headers: httpx.Headers
+    body: bytes | None  # None: larger than max_body_bytes
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Retries spent by one logical call (its refresh included)."""
+
+    retries: int = 0
+    garbage_retried: bool = False
+
+
+class PlatformClient:
+    """One long-lived httpx client for the platform; methods take our ``account_id``.
+
+    ``transport`` replaces the network (tests pass ``httpx.MockTransport``); ``sleep`` and
+    ``rng`` are hooks for tests (record the waits, fix the jitter).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_store: TokenStore,
+        *,
+        connect_timeout: float = 5,
+        read_timeout: float = 10,
+        max_retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5,
+        retry_after_max: float = 30,
+        max_body_bytes: int = 1_000_000,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 200,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = token_store
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
+        self.max_body_bytes = max_body_bytes
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport or _ShardedTransport(max_connections),
+            # Waiting for a free pooled connection is not a platform failure: no pool timeout.
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
+            headers={"Accept": "application/json", "User-Agent": "batchlib-platform-client"},
+        )
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._refused: dict[int, int] = {}  # account_id -> credentials version whose refresh was refused
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.attempts = 0  # every HTTP request sent, refreshes included
+        self.refreshes = 0  # refresh requests led by this client
+
+    @classmethod
+    def from_settings(cls, settings: Settings, token_store: TokenStore, **overrides: Any) -> PlatformClient:
+        options: dict[str, Any] = {
+            "connect_timeout": settings.http_connect_timeout_s,
+            "read_timeout": settings.http_read_timeout_s,
+            "max_retries": settings.http_max_retries,
+            "backoff_base": settings.http_backoff_base_s,
+            "backoff_max": settings.http_backoff_max_s,
+            "retry_after_max": settings.http_retry_after_max_s,
+            "max_body_bytes": settings.http_max_body_bytes,
+        }
+        return cls(settings.platform_url, token_store, **{**options, **overrides})
+
+    @property
+    def max_requests_per_call(self) -> int:
+        """Upper bound of requests one call sends: 1 + max_retries, a refresh and its re-send."""
+        return self.max_retries + 3
+
+    async def __aenter__(self) -> PlatformClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- platform operations ------------------------------------------------------
+    async def get_me(self, account_id: int) -> AccountState:
+        data = await self._call(account_id, "GET", "/v1/me")
+        uid, status, nickname, avatar = (data.get(k) for k in ("uid", "status", "nickname", "avatar_url"))
+        if not (isinstance(uid, str) and status in ACCOUNT_STATUSES and isinstance(nickname, str)) or not (
+            avatar is None or isinstance(avatar, str)
+        ):
+            raise BadPlatformResponse("unexpected account state from the platform", status_code=200)
+        return AccountState(uid, status, nickname, avatar)
+
+    async def change_nickname(self, account_id: int, nickname: str) -> dict[str, str]:
+        data = await self._call(account_id, "POST", "/v1/me/nickname", {"nickname": nickname})
+        return _strings(data, "uid", "nickname")
+
+    async def change_avatar(self, account_id: int, avatar_url: str) -> dict[str, str]:
+        data = await self._call(account_id, "POST", "/v1/me/avatar", {"avatar_url": avatar_url})
+        return _strings(data, "uid", "avatar_url")
+
+    async def add_friend(self, account_id: int, friend_uid: str) -> FriendStatus:
+        """``sent``, ``pending`` (asked before, e.g. by a retried call) or ``already_friends``."""
+        data = await self._call(account_id, "POST", "/v1/me/friends", {"friend_uid": friend_uid})
+        status = data.get("status")
+        if status not in FRIEND_STATUSES:
+            raise BadPlatformResponse("unexpected friend request status from the platform", status_code=200)
+        return status  # type: ignore[return-value]
+
+    # -- the call, with refresh ---------------------------------------------------
+    async def _call(self, account_id: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._check_loop()
+        creds = await self._store.load(account_id)
+        budget = _Budget()
+        refreshed = False
+        while True:
+            status, data = await self._exchange(method, path, creds.access_token, body, budget)
+            if 200 <= status < 300:
+                return data
+            if status != 401:
+                raise PlatformRejected(_rejection(status, data), status_code=status)
+            if refreshed:
+                raise TokenRefreshFailed("the platform refused the token obtained by refresh", status_code=401)
+            creds = await self._refresh(account_id, creds, budget)
+            refreshed = True
+
+    async def _refresh(self, account_id: int, failed: Credentials, budget: _Budget) -> Credentials:
+        """Single-flight per account: the first caller refreshes, the others reuse its result."""
+        lock = self._locks.get(account_id)
+        if lock is None:
+            lock = self._locks[account_id] = asyncio.Lock()
+        async with lock:
+            current = await self._store.load(account_id)
+            if current.version != failed.version:
+                return current  # someone refreshed since our call failed
+            if self._refused.get(account_id) == current.version:
+                raise TokenRefreshFailed("refresh token rejected", status_code=400)
+            self.refreshes += 1
+            logger.debug("refreshing the tokens of account %s", account_id)
+            status, data = await self._exchange(
+                "POST", REFRESH_PATH, None, {"refresh_token": current.refresh_token}, budget
+            )
+            if status in (400, 401):
+                self._refused[account_id] = current.version
+                raise TokenRefreshFailed("refresh token rejected", status_code=status)
+            if not 200 <= status < 300:
+                raise TokenRefreshFailed(f"refresh refused: {_rejection(status, data)}", status_code=status)
+            access, refresh, expires_in = (data.get(k) for k in ("access_token", "refresh_token", "expires_in"))
+            if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh) or not (
+                isinstance(expires_in, int) and not isinstance(expires_in, bool)
+            ):
+                raise BadPlatformResponse("unexpected refresh response from the platform", status_code=status)
+            return await self._store.save(account_id, current.version, access, refresh, expires_in)
+
+    # -- one request with transient retries ---------------------------------------
+    async def _exchange(
+        self, method: str, path: str, token: str | None, body: dict[str, Any] | None, budget: _Budget
+    ) -> tuple[int, dict[str, Any]]:
+        """Send until a 2xx with a JSON object or a 4xx other than 429; returns (status, JSON)."""
+        while True:
+            reply = await self._send(method, path, token, body)
+            delay: float | None = None
+            if isinstance(reply, str):
+                reason, error = reply, PlatformUnavailable
+            elif reply.body is None:
+                raise BadPlatformResponse(
+                    f"response body larger than {self.max_body_bytes} bytes", status_code=reply.status
+                )
+            elif reply.status == 429:
+                reason, error = "rate limited (HTTP 429)", RateLimited
+                asked = parse_retry_after(reply.headers.get("retry-after"))
+                delay = None if asked is None else min(asked, self.retry_after_max)
+            elif reply.status >= 500:
+                reason, error = f"platform error (HTTP {reply.status})", PlatformUnavailable
+            else:
+                data = _json_object(reply.body)
+                if not 200 <= reply.status < 300:
+                    return reply.status, data or {}
+                if data is not None:
+                    return reply.status, data
+                if budget.garbage_retried:
+                    raise BadPlatformResponse("unreadable response body (not a JSON object)", status_code=reply.status)
+                budget.garbage_retried = True
+                reason, error = "unreadable response body", BadPlatformResponse
+            if budget.retries >= self.max_retries:
+                raise error(f"{reason}; gave up after {budget.retries + 1} attempts")
+            if delay is None:
+                delay = full_jitter(budget.retries, self.backoff_base, self.backoff_max, self._rng)
+            budget.retries += 1
+            logger.debug("%s %s: %s; retry %d in %.2fs", method, path, reason, budget.retries, delay)
+            await self._sleep(delay)
+
+    async def _send(self, method: str, path: str, token: str | None, body: dict[str, Any] | None) -> _Reply | str:
+        """One HTTP request; the reply (body None when over the cap) or a transport failure reason."""
+        self.attempts += 1
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        content = json.dumps(body).encode() if body is not None else None
+        if content is not None:
+            headers = {**(headers or {}), "Content-Type": "application/json"}
+        try:
+            async with self._http.stream(method, path, headers=headers, content=content) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_body_bytes:
+                    return _Reply(response.status_code, response.headers, None)
+                buffer = bytearray()
+                async for chunk in response.aiter_bytes():
+                    buffer += chunk
+                    if len(buffer) > self.max_body_bytes:
+                        return _Reply(response.status_code, response.headers, None)
+                return _Reply(response.status_code, response.headers, bytes(buffer))
+        except httpx.TimeoutException as exc:
+            return f"timeout ({type(exc).__name__})"
+        except httpx.DecodingError:
+            return "undecodable response body"
+        except httpx.TransportError as exc:
+            return f"connection error ({type(exc).__name__})"
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("this PlatformClient belongs to another event loop; create one client per loop")
+
+
+class _ShardedTransport(httpx.AsyncBaseTransport):
+    """``max_connections`` spread over many tiny connection pools, behind one FIFO gate.
+
+    httpcore's pool matches every queued request against every connection whenever one
+    changes state (quadratic): a single pool of 500 connections under 500 concurrent
+    requests burns seconds of CPU per burst. Here a semaphore admits at most
+    ``max_connections`` requests in order, and each goes to the least busy pool of
+    ``SHARD_SIZE`` connections, which therefore always has a free one.
+    """
+
+    SHARD_SIZE = 2
+
+    def __init__(self, max_connections: int) -> None:
+        count = max(1, math.ceil(max_connections / self.SHARD_SIZE))
+        limits = httpx.Limits(max_connections=self.SHARD_SIZE, max_keepalive_connections=self.SHARD_SIZE)
+        verify = _ssl_context()  # one context for all pools: building one costs ~20 ms
+        self._shards = [httpx.AsyncHTTPTransport(limits=limits, verify=verify) for _ in range(count)]
+        self._busy = [0] * count
+        self._gate = asyncio.Semaphore(max_connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._gate.acquire()
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            self._release(index)
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        stream = _ReleasingStream(response.stream, lambda: self._release(index))
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        )
+
+    def _release(self, index: int) -> None:
+        self._busy[index] -= 1
+        self._gate.release()
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that reports once when it is closed (its connection is free again)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        await self._stream.aclose()
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _rejection(status: int, data: Mapping[str, Any]) -> str:
+    """A short, token-free reason: the body's error code if it looks like one, else the status."""
+    code = data.get("error")
+    if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
+        return f"{code} (HTTP {status})"
+    return f"rejected (HTTP {status})"
+
+
+def _strings(data: Mapping[str, Any], *keys: str) -> dict[str, str]:
+    values = {k: data.get(k) for k in keys}
+    if not all(isinstance(v, str) for v in values.values()):
+        raise BadPlatformResponse("unexpected response shape from the platform", status_code=200)
+    return values  # type: ignore[return-value]

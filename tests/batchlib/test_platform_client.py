@@ -1,0 +1,343 @@
+"""PlatformClient against httpx.MockTransport: retries, refresh, caps, error texts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchlib.backoff import full_jitter, parse_retry_after
+from batchlib.errors import (
+    BadPlatformResponse,
+    PlatformRejected,
+    PlatformUnavailable,
+    RateLimited,
+    TokenRefreshFailed,
+)
+from batchlib.platform_client import AccountState, Credentials, InMemoryTokenStore, PlatformClient
+from batchlib.settings import Settings
+
+ACCESS, REFRESH = "at_secret_access_0001", "rt_secret_refresh_0001"
+NEW_ACCESS, NEW_REFRESH = "at_secret_access_0002", "rt_secret_refresh_0002"
+ME = {"uid": "u7-000001", "status": "alive", "nickname": "bob", "avatar_url": None}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Harness:
+    """A client on a MockTransport whose sleeps are recorded instead of slept."""
+
+    def __init__(self, handler: Handler, **options: Any) -> None:
+        self.requests: list[httpx.Request] = []
+        self.sleeps: list[float] = []
+        self.store = InMemoryTokenStore()
+        self.store.put(1, ACCESS, REFRESH)
+
+        def record(request: httpx.Request) -> httpx.Response:
+            self.requests.append(request)
+            return handler(request)
+
+        async def fake_sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+            await asyncio.sleep(0)
+
+        self.client = PlatformClient(
+            "http://platform.test",
+            self.store,
+            transport=httpx.MockTransport(record),
+            sleep=fake_sleep,
+            rng=random.Random(1),
+            **options,
+        )
+
+    def run(self, make: Callable[[PlatformClient], Coroutine[Any, Any, Any]]) -> Any:
+        async def main() -> Any:
+            async with self.client:
+                return await make(self.client)
+
+        return asyncio.run(main())
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
+
+def sequence(*responses: httpx.Response | Exception) -> Handler:
+    """Answer with the given responses in order (exceptions are raised), then repeat the last."""
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return handler
+
+
+def ok(payload: Any = ME) -> httpx.Response:
+    return httpx.Response(200, json=payload)
+
+
+def error(status: int, code: str, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"error": code, "message": f"{code} happened"}, headers=headers)
+
+
+def test_get_me_sends_the_token_in_the_header_only() -> None:
+    h = Harness(sequence(ok()))
+    state = h.run(lambda c: c.get_me(1))
+    assert state == AccountState("u7-000001", "alive", "bob", None)
+    (request,) = h.requests
+    assert request.headers["authorization"] == f"Bearer {ACCESS}"
+    assert ACCESS not in str(request.url)
+    assert h.client.attempts == 1
+
+
+def test_retry_after_is_honoured() -> None:
+    h = Harness(sequence(error(429, "rate_limited", **{"Retry-After": "7"}), ok()))
+    assert h.run(lambda c: c.get_me(1)).uid == "u7-000001"
+    assert h.sleeps == [7.0]
+    assert h.client.attempts == 2
+
+
+def test_retry_after_is_capped_and_garbage_falls_back_to_backoff() -> None:
+    h = Harness(
+        sequence(
+            error(429, "rate_limited", **{"Retry-After": "100"}),
+            error(429, "rate_limited", **{"Retry-After": "soon"}),
+            error(429, "rate_limited"),
+            ok(),
+        ),
+        retry_after_max=30,
+        backoff_base=0.2,
+    )
+    h.run(lambda c: c.get_me(1))
+    assert h.sleeps[0] == 30
+    assert 0 <= h.sleeps[1] <= 0.4 and 0 <= h.sleeps[2] <= 0.8  # full jitter, retries 1 and 2
+
+
+def test_rate_limited_past_the_budget() -> None:
+    h = Harness(sequence(error(429, "rate_limited", **{"Retry-After": "1"})), max_retries=2)
+    with pytest.raises(RateLimited) as info:
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == 3
+    assert info.value.reason == "rate limited (HTTP 429); gave up after 3 attempts"
+
+
+def test_5xx_and_connection_errors_are_retried() -> None:
+    h = Harness(sequence(error(503, "unavailable"), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), ok()))
+    assert h.run(lambda c: c.get_me(1)).status == "alive"
+    assert h.client.attempts == 4
+    assert len(h.sleeps) == 3
+
+
+def test_5xx_past_the_budget_is_unavailable() -> None:
+    h = Harness(sequence(httpx.Response(502, text="<html>bad gateway</html>")), max_retries=3)
+    with pytest.raises(PlatformUnavailable) as info:
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == 4 == h.client.max_retries + 1
+    assert info.value.reason == "platform error (HTTP 502); gave up after 4 attempts"
+
+
+def test_remote_protocol_error_is_a_connection_error() -> None:
+    h = Harness(sequence(httpx.RemoteProtocolError("peer closed connection")), max_retries=1)
+    with pytest.raises(PlatformUnavailable, match=r"connection error \(RemoteProtocolError\)"):
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (error(422, "invalid_nickname"), "invalid_nickname (HTTP 422)"),
+        (error(403, "account_banned"), "account_banned (HTTP 403)"),
+        (error(404, "unknown_friend"), "unknown_friend (HTTP 404)"),
+        (httpx.Response(400, json={"error": f"bad {ACCESS}"}), "rejected (HTTP 400)"),
+        (httpx.Response(409, text="<html>conflict</html>"), "rejected (HTTP 409)"),
+    ],
+)
+def test_other_4xx_are_terminal(response: httpx.Response, reason: str) -> None:
+    h = Harness(sequence(response, ok()))
+    with pytest.raises(PlatformRejected) as info:
+        h.run(lambda c: c.change_nickname(1, "x"))
+    assert info.value.reason == reason
+    assert info.value.status_code == response.status_code
+    assert h.client.attempts == 1 and h.sleeps == []
+
+
+def test_body_over_the_cap_is_refused_without_retry() -> None:
+    h = Harness(sequence(httpx.Response(200, content=b"x" * 5000)), max_body_bytes=1000)
+    with pytest.raises(BadPlatformResponse, match="larger than 1000 bytes"):
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == 1
+
+
+def test_streamed_body_is_abandoned_at_the_cap() -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(50_000):  # 50 MB if read to the end
+            sent += 1
+            yield b"x" * 1024
+
+    h = Harness(lambda request: httpx.Response(200, content=chunks()), max_body_bytes=10_000)
+    with pytest.raises(BadPlatformResponse):
+        h.run(lambda c: c.get_me(1))
+    assert sent <= 11
+
+
+def test_garbage_body_is_retried_once() -> None:
+    html = httpx.Response(200, text="<html>proxy error</html>")
+    h = Harness(sequence(html, ok()))
+    assert h.run(lambda c: c.get_me(1)).uid == "u7-000001"
+    assert h.client.attempts == 2
+
+    h = Harness(sequence(html, httpx.Response(200, content=b'{"uid": "u7-0')))
+    with pytest.raises(BadPlatformResponse, match="unreadable response body"):
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "attempts"),
+    [
+        ({"uid": 7, "status": "alive", "nickname": "n", "avatar_url": None}, 1),
+        ({**ME, "status": "zombie"}, 1),
+        ([1, 2], 2),  # valid JSON but not an object: unreadable, retried once
+    ],
+)
+def test_wrong_shape_is_a_bad_response(payload: Any, attempts: int) -> None:
+    h = Harness(sequence(httpx.Response(200, json=payload)))
+    with pytest.raises(BadPlatformResponse):
+        h.run(lambda c: c.get_me(1))
+    assert h.client.attempts == attempts
+
+
+def test_add_friend_returns_the_status() -> None:
+    h = Harness(sequence(ok({"status": "pending"})))
+    assert h.run(lambda c: c.add_friend(1, "u7-000002")) == "pending"
+    assert json.loads(h.requests[0].content) == {"friend_uid": "u7-000002"}
+
+
+def token_platform(refresh_response: httpx.Response | None = None) -> tuple[Handler, dict[str, int]]:
+    """A platform accepting only NEW_ACCESS; the refresh endpoint rotates to it (or answers as given)."""
+    counts = {"refresh": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth/refresh":
+            counts["refresh"] += 1
+            assert "authorization" not in request.headers
+            assert json.loads(request.content) == {"refresh_token": REFRESH}
+            if refresh_response is not None:
+                return refresh_response
+            return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 3600})
+        if request.headers.get("authorization") == f"Bearer {NEW_ACCESS}":
+            return ok()
+        return error(401, "token_expired")
+
+    return handler, counts
+
+
+def test_expired_token_is_refreshed_and_stored() -> None:
+    handler, counts = token_platform()
+    h = Harness(handler)
+    h.run(lambda c: c.get_me(1))
+    assert counts["refresh"] == 1
+    assert h.store.get(1) == Credentials(NEW_ACCESS, NEW_REFRESH, 2)
+    assert h.paths() == ["/v1/me", "/v1/oauth/refresh", "/v1/me"]
+
+
+def test_refresh_is_single_flight_per_account() -> None:
+    handler, counts = token_platform()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)  # all 50 calls are in flight before the first 401 comes back
+        return handler(request)
+
+    h = Harness(slow)  # type: ignore[arg-type]
+    results = h.run(lambda c: asyncio.gather(*(c.get_me(1) for _ in range(50))))
+    assert len(results) == 50
+    assert counts["refresh"] == 1 and h.client.refreshes == 1 and h.store.saves == 1
+    assert h.client.attempts == 101
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_refused_refresh_fails_once_without_looping(status: int) -> None:
+    handler, counts = token_platform(error(status, "invalid_grant"))
+    h = Harness(handler)
+
+    async def many(c: PlatformClient) -> list[Any]:
+        return await asyncio.gather(*(c.get_me(1) for _ in range(10)), return_exceptions=True)
+
+    results = h.run(many)
+    assert all(isinstance(r, TokenRefreshFailed) for r in results)
+    assert counts["refresh"] == 1
+    assert results[0].reason == "refresh token rejected"
+    assert h.store.get(1).version == 1
+
+
+def test_second_401_after_refresh_does_not_loop() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth/refresh":
+            return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 60})
+        return error(401, "invalid_token")
+
+    h = Harness(handler)
+    with pytest.raises(TokenRefreshFailed):
+        h.run(lambda c: c.get_me(1))
+    assert h.paths() == ["/v1/me", "/v1/oauth/refresh", "/v1/me"]
+    assert h.client.attempts <= h.client.max_requests_per_call
+
+
+def test_no_token_in_reprs_or_error_texts() -> None:
+    creds = Credentials(ACCESS, REFRESH, 3)
+    assert ACCESS not in repr(creds) and REFRESH not in str(creds) and "version=3" in repr(creds)
+    for response in (error(400, f"invalid_grant {REFRESH}"), httpx.Response(400, json={"error": REFRESH})):
+        handler, _ = token_platform(response)
+        h = Harness(handler)
+        with pytest.raises(TokenRefreshFailed) as info:
+            h.run(lambda c: c.get_me(1))
+        text = f"{info.value!s} {info.value!r} {info.value.reason} {info.value.__cause__!r}"
+        assert ACCESS not in text and REFRESH not in text
+
+
+def test_one_client_per_event_loop() -> None:
+    h = Harness(sequence(ok()))
+    asyncio.run(h.client.get_me(1))
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(h.client.get_me(1))
+
+
+def test_from_settings() -> None:
+    settings = Settings(platform_url="http://sim.test:8900", http_max_retries=5, http_max_body_bytes=1234)
+    client = PlatformClient.from_settings(settings, InMemoryTokenStore())
+    assert client.max_retries == 5 and client.max_body_bytes == 1234
+    assert client.max_requests_per_call == 8
+    asyncio.run(client.aclose())
+
+
+@given(st.integers(min_value=0, max_value=100), st.floats(0.01, 1), st.floats(0.1, 10))
+def test_full_jitter_stays_in_bounds(retry: int, base: float, cap: float) -> None:
+    assert 0 <= full_jitter(retry, base, cap, random.Random(retry)) <= min(cap, base * 2**retry)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("3", 3.0), ("0.5", 0.5), (" 10 ", 10.0), ("-1", None), ("soon", None), (None, None), ("nan", None)],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_parse_retry_after_http_date() -> None:
+    from datetime import datetime, timezone
+
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
