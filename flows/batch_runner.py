@@ -21,10 +21,10 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchType, get_batch_type
-from batchlib.errors import BatchError, LockLost, StaleFence
+from batchlib.errors import BatchError, LockLost, PlatformError, StaleFence
 from batchlib.item_context import ItemContext
 from batchlib.locks import lease_for
-from batchlib.mirror_writer import MirrorWriter
+from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
 from batchlib.settings import Settings, get_settings
 from batchlib.token_store import DbTokenStore
@@ -51,6 +51,8 @@ class BatchSummary:
     elapsed_s: float
     mode: str
     stop_reason: str | None = None
+    mirror_flushes: int = 0
+    mirror_max_lag_s: float = 0.0  # worst delay between an item finishing and the panel seeing it
 
     def line(self) -> str:
         return (
@@ -79,6 +81,10 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
     """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
     try:
         summary = await run_batch(task_type, **request)
+    except (StaleFence, LockLost) as exc:
+        # Another run owns the batch now; everything we would still write is fenced out.
+        get_run_logger().error("stopped: %s", exc)
+        return Failed(message=f"stopped: {exc}")
     except BatchError as exc:
         # A user-facing refusal (bad input, already active, unknown batch): no traceback.
         get_run_logger().error("rejected: %s", exc)
@@ -115,23 +121,29 @@ async def run_batch(
 
     lease = lease_for(settings, tenant_id, task_type)
     with lease:
-        collected = None
+        collected, collect_error = None, None
         if batch_type.collect is not None and not (batch_id is not None and _counts_of(batch_id)["total"]):
-            collected = await batch_type.collect(settings, tenant_id, task_data or {})
+            try:
+                collected = await batch_type.collect(settings, tenant_id, task_data or {})
+            except PlatformError as exc:  # the outside service failed: a failed batch, resumable
+                collect_error = f"could not collect the items: {exc.reason}"
         opened = _accepted(open_batch(
             task_type, tenant_id, task_data,
             task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
-            collected=collected,
+            collected=collected, collect_error=collect_error,
         ))
-        if opened.pending == 0:
-            counts, status, reason, mode = _counts_of(opened.batch_id), "completed", None, "none"
+        if opened.error is not None:
+            counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "failed", opened.error, "none", None
+        elif opened.pending == 0:
+            counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "completed", None, "none", None
         else:
-            status, reason, mode = await _process(batch_type, settings, tenant_id, opened, lease)
-            counts = close_batch(opened.batch_id, opened.fence, status, reason)
+            status, reason, mode, flushed = await _process(batch_type, settings, tenant_id, opened, lease)
+            counts = close_batch(opened.batch_id, opened.fence, status, reason, task_type=task_type)
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
         counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
+        flushed.flushes if flushed else 0, round(flushed.max_lag_s, 3) if flushed else 0.0,
     )
     get_run_logger().info(summary.line())
     return summary
@@ -139,8 +151,11 @@ async def run_batch(
 
 async def _process(
     batch_type: BatchType, settings: Settings, tenant_id: int, opened: OpenedBatch, lease
-) -> tuple[str, str | None, str]:
-    """Run every pending item; return (final status, reason, mode). Raises when we lost the batch."""
+) -> tuple[str, str | None, str, FlushStats]:
+    """Run every pending item; return (final status, reason, mode, mirror stats).
+
+    Raises StaleFence / LockLost when another run took the batch over: then we write nothing.
+    """
     from db import get_engine
 
     engine = get_engine(settings.database_url.get_secret_value())
@@ -152,8 +167,14 @@ async def _process(
     token_store = DbTokenStore(engine)
     chunked = opened.pending > settings.chunk_threshold
     mode = f"chunks of {settings.chunk_size}" if chunked else "task per item"
+    state = None
+    if batch_type.prepare is not None:  # per-run state for the handler, read in one transaction
+        from db import run_transaction
+
+        bare = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine)
+        state = await asyncio.to_thread(run_transaction, engine, lambda s: batch_type.prepare(s, bare))
     async with _clients(batch_type, settings, token_store) as (platform, kubo):
-        ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo)
+        ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
         limit = settings.concurrency_for(tenant_id, batch_type.name)
         runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
         register_runtime(runtime)
@@ -176,10 +197,10 @@ async def _process(
         raise LockLost(lease.key)
     reason = runtime.stop_reason
     if reason == "cancelled":
-        return "cancelled", None, mode
+        return "cancelled", None, mode, mirror.stats
     if reason is not None or mirror.error is not None:
-        return "failed", reason or f"database unavailable: {type(mirror.error).__name__}", mode
-    return "completed", None, mode
+        return "failed", reason or f"database unavailable: {type(mirror.error).__name__}", mode, mirror.stats
+    return "completed", None, mode, mirror.stats
 
 
 class _clients:
@@ -218,7 +239,7 @@ async def _feed(
     in_flight: set[asyncio.Task] = set()
     # Enough chunks in flight to keep every slot of the limit busy, and no more.
     chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
-    after, previous_page = 0, []
+    after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
     while not runtime.stopped:
         page = await asyncio.to_thread(
             run_transaction, ctx.engine, lambda s: pending_items(s, ctx.batch_id, after, PAGE)
@@ -227,9 +248,12 @@ async def _feed(
             break
         after = page[-1][0]
         if runtime.batch_type.uses_platform:
-            token_store.forget(previous_page)
-            await asyncio.to_thread(token_store.preload, [i for i, _ in page])
-            previous_page = [i for i, _ in page]
+            # In flight is at most one page's tail (the limit << PAGE), so the page before the
+            # previous one is done: drop its credentials to keep memory bounded.
+            if len(older_pages) == 2:
+                token_store.forget(older_pages.pop(0))
+            older_pages.append([i for i, _ in page])
+            await asyncio.to_thread(token_store.preload, older_pages[-1])
         if chunked:
             for start in range(0, len(page), settings.chunk_size):
                 part = page[start : start + settings.chunk_size]

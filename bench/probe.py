@@ -1,0 +1,115 @@
+"""One measurement in a fresh process, printed as one JSON line (bench/run.py drives it).
+
+    python -m bench.probe flow --tenant-id 1 --items 10000
+    python -m bench.probe baseline --tenant-id 1 --items 10000 --concurrency 50
+
+``flow``: a full account-check batch (Prefect flow, real mirror) through the runner.
+``baseline``: plain asyncio + the same PlatformClient against the same simulator; no
+Prefect, no mirror, tokens in memory. Both report wall time, process CPU and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+
+def _usage() -> tuple[float, float]:
+    self_ = resource.getrusage(resource.RUSAGE_SELF)
+    return self_.ru_utime + self_.ru_stime, self_.ru_maxrss / 1024  # CPU seconds, peak RSS MiB
+
+
+def _count_round_trips(engine) -> dict[str, int]:
+    """Statements, commits and pool checkouts (each checkout pre-pings: one round trip)."""
+    from sqlalchemy import event
+
+    counts = {"statements": 0, "commits": 0, "checkouts": 0}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _stmt(*_: Any) -> None:
+        counts["statements"] += 1
+
+    @event.listens_for(engine, "commit")
+    def _commit(*_: Any) -> None:
+        counts["commits"] += 1
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(*_: Any) -> None:
+        counts["checkouts"] += 1
+
+    return counts
+
+
+def run_flow(tenant_id: int) -> dict[str, Any]:
+    from batchlib.settings import get_settings
+    from db import get_engine
+    from flows.account_check import account_check
+
+    counts = _count_round_trips(get_engine(get_settings().database_url.get_secret_value()))
+    cpu0, _ = _usage()
+    started = time.perf_counter()
+    state = asyncio.run(account_check(tenant_id=tenant_id, return_state=True))
+    wall = time.perf_counter() - started
+    cpu1, rss = _usage()
+    summary = state.result() if state.is_completed() else {"status": state.type.value, "message": state.message}
+    return {"kind": "flow", "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss, "summary": summary, "db": counts}
+
+
+def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
+    import httpx
+
+    from batchlib.platform_client import InMemoryTokenStore, PlatformClient
+    from batchlib.settings import get_settings
+
+    settings = get_settings()
+    accounts = httpx.get(f"{settings.platform_url}/_sim/accounts", params={"tenant_id": tenant_id}, timeout=60).json()
+    store = InMemoryTokenStore()
+    for n, account in enumerate(accounts):
+        store.put(n, account["access_token"], account["refresh_token"])
+
+    async def main() -> dict[str, int]:
+        limit = asyncio.Semaphore(concurrency)
+        ok = failed = 0
+        async with PlatformClient.from_settings(settings, store) as client:
+
+            async def one(n: int) -> None:
+                nonlocal ok, failed
+                async with limit:
+                    try:
+                        await client.get_me(n)
+                        ok += 1
+                    except Exception:
+                        failed += 1
+
+            await asyncio.gather(*(one(n) for n in range(len(accounts))))
+        return {"success": ok, "failed": failed}
+
+    cpu0, _ = _usage()
+    started = time.perf_counter()
+    result = asyncio.run(main())
+    wall = time.perf_counter() - started
+    cpu1, rss = _usage()
+    return {"kind": "baseline", "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss, "summary": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe")
+    parser.add_argument("kind", choices=["flow", "baseline"])
+    parser.add_argument("--tenant-id", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    result = run_flow(args.tenant_id) if args.kind == "flow" else run_baseline(args.tenant_id, args.concurrency)
+    print("PROBE " + json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
