@@ -47,9 +47,20 @@ def _pg(db: str, sql: str) -> int:
     return int(out.stdout.strip())
 
 
-def _prefect_db(db: str) -> tuple[int, int]:
-    """(bytes, task runs) of the Prefect server's database."""
-    return _pg(db, f"SELECT pg_database_size('{db}')"), _pg(db, "SELECT count(*) FROM task_run")
+def _prefect_db(db: str, settle_s: float = 30) -> tuple[int, int]:
+    """(bytes, task runs) of the Prefect server's database, once it has recorded every event.
+
+    Task runs reach the server as events and are written in the background: wait until the
+    count stops moving (2 s unchanged) before reading.
+    """
+    count, deadline = -1, time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        now = _pg(db, "SELECT count(*) FROM task_run")
+        if now == count:
+            break
+        count = now
+        time.sleep(2)
+    return _pg(db, f"SELECT pg_database_size('{db}')"), count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-items", type=int, default=0, help="also a memory run with this many items")
     parser.add_argument("--big-latency-ms", type=float, default=5)
     parser.add_argument("--prefect-api", help="use this Prefect API instead of starting a server")
+    parser.add_argument("--prefect-db", help="with --prefect-api: its PostgreSQL database, to measure growth")
     parser.add_argument("--chunk-threshold", type=int, help="override BATCH_CHUNK_THRESHOLD")
     parser.add_argument("--chunk-size", type=int, help="override BATCH_CHUNK_SIZE")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"{MYSQL}/{db_name}?charset=utf8mb4"
     server = None if args.prefect_api else PrefectServer().start()
     api_url = args.prefect_api or server.api_url
+    prefect_db = server.db if server else args.prefect_db
     results = []
     try:
         upgrade(url)
@@ -98,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 sim.configure(latency_ms=latency)
                 ideal = n * latency / 1000 / args.concurrency
                 baseline = _probe("baseline", tenant_id, env, args.concurrency)
-                before = _prefect_db(server.db) if server else None
+                before = _prefect_db(prefect_db) if prefect_db else None
                 flow = _probe("flow", tenant_id, env, args.concurrency)
-                after = _prefect_db(server.db) if server else None
+                after = _prefect_db(prefect_db) if prefect_db else None
                 row = _row(n, latency, args.concurrency, ideal, baseline, flow, before, after)
                 results.append(row)
                 _print_row(row)
