@@ -10,8 +10,14 @@ A batch type is data, not a class hierarchy:
 - ``collect(settings, tenant_id, task_data)`` (optional, async) discovers the items from an
   outside service before the batch opens (pin_sync lists the node's pins); ``parse`` then
   only validates ``task_data`` and its returned items are replaced by the collected ones;
-- ``apply(session, outcomes, now)`` (optional) mirrors the outcomes into our own tables in the
-  same short transaction that records them, so side effects are batched and idempotent.
+- ``apply(session, outcomes, now, scope)`` (optional) mirrors the outcomes into our own tables in the
+  same short transaction that records them, so side effects are batched and idempotent;
+- ``prepare(session, ctx)`` (optional) runs once per run, in one read-only transaction, before
+  any item is handled; what it returns is ``ctx.state`` for every ``handle`` call of that run
+  (add_friend seeds its daily-cap counts from it);
+- ``on_close(session, scope, status, now)`` (optional) runs in the transaction that finishes the batch
+  (after the fence check): whole-batch side effects (pin_sync marks the pins it did not see as
+  removed) and the batch's ``error_message`` summary, returned as a string or None.
 """
 
 from __future__ import annotations
@@ -27,13 +33,25 @@ from batchlib.item_context import ItemContext
 from batchlib.outcomes import ItemOutcome
 from batchlib.settings import Settings
 
-__all__ = ["Item", "BatchType", "register", "get_batch_type", "batch_type_names"]
+__all__ = ["Item", "BatchType", "BatchScope", "register", "get_batch_type", "batch_type_names"]
 
 Item = tuple[int, dict[str, Any] | None]
 Parse = Callable[[Session, int, Mapping[str, Any], Settings], list[Item]]
 Handle = Callable[[ItemContext, int, dict[str, Any] | None], Awaitable[ItemOutcome]]
-Apply = Callable[[Session, Sequence[ItemOutcome], int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchScope:
+    """Which batch ``apply`` and ``on_close`` work for."""
+
+    batch_id: int
+    tenant_id: int
+
+
+Apply = Callable[[Session, Sequence[ItemOutcome], int, BatchScope], None]
 Collect = Callable[[Settings, int, Mapping[str, Any]], Awaitable[list[Item]]]
+Prepare = Callable[[Session, ItemContext], Any]
+OnClose = Callable[[Session, BatchScope, str, int], str | None]  # (session, scope, final status, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +64,8 @@ class BatchType:
     collect: Collect | None = None
     uses_platform: bool = True
     uses_kubo: bool = False
+    prepare: Prepare | None = None
+    on_close: OnClose | None = None
 
 
 _REGISTRY: dict[str, BatchType] = {}

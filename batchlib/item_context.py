@@ -24,3 +24,4 @@ class ItemContext:
     engine: Engine
     platform: "PlatformClient | None" = None
     kubo: Any = None
+    state: Any = None  # what the type's ``prepare`` returned for this run (per-run, in memory)

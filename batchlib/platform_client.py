@@ -10,6 +10,8 @@ What each answer leads to::
                                                     refresh refused -> TokenRefreshFailed
     429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
     5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
+    (a timeout: no byte for ``read_timeout``, or the body not complete ``body_timeout`` after
+    the headers: a trickling server resets httpx's per-read timeout with every byte)
     other 4xx                                    -> PlatformRejected(<error code>), not retried
 
 Request budget of one call: 1 + ``max_retries`` sends (shared by the call and a refresh it
@@ -158,6 +160,7 @@ class PlatformClient:
         *,
         connect_timeout: float = 5,
         read_timeout: float = 10,
+        body_timeout: float = 30,
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 5,
@@ -169,6 +172,7 @@ class PlatformClient:
         rng: random.Random | None = None,
     ) -> None:
         self._store = token_store
+        self.body_timeout = body_timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -194,6 +198,7 @@ class PlatformClient:
         options: dict[str, Any] = {
             "connect_timeout": settings.http_connect_timeout_s,
             "read_timeout": settings.http_read_timeout_s,
+            "body_timeout": settings.http_body_timeout_s,
             "max_retries": settings.http_max_retries,
             "backoff_base": settings.http_backoff_base_s,
             "backoff_max": settings.http_backoff_max_s,
@@ -338,13 +343,17 @@ class PlatformClient:
                 if declared.isdigit() and int(declared) > self.max_body_bytes:
                     return _Reply(response.status_code, response.headers, None)
                 buffer = bytearray()
-                async for chunk in response.aiter_bytes():
-                    buffer += chunk
-                    if len(buffer) > self.max_body_bytes:
-                        return _Reply(response.status_code, response.headers, None)
+                # Not the whole request: waiting for a free connection is not the platform's fault.
+                async with asyncio.timeout(self.body_timeout):
+                    async for chunk in response.aiter_bytes():
+                        buffer += chunk
+                        if len(buffer) > self.max_body_bytes:
+                            return _Reply(response.status_code, response.headers, None)
                 return _Reply(response.status_code, response.headers, bytes(buffer))
         except httpx.TimeoutException as exc:
             return f"timeout ({type(exc).__name__})"
+        except TimeoutError:  # asyncio.timeout: the body trickled in for too long
+            return "timeout (BodyTimeout)"
         except httpx.DecodingError:
             return "undecodable response body"
         except httpx.TransportError as exc:

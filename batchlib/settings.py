@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # HTTP
     http_connect_timeout_s: float = 5.0
     http_read_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0  # whole body after the headers (a trickling answer never hits the read timeout)
     http_max_retries: int = Field(3, ge=0)
     http_backoff_base_s: float = 0.2
     http_backoff_max_s: float = 5.0
@@ -61,7 +62,8 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = 1_000_000
 
     # Batch types
-    add_friend_daily_cap: int = Field(20, ge=0)
+    add_friend_daily_cap: int = Field(20, ge=0)  # friend requests one account may send per day
+    add_friend_day_timezone: str = "UTC"  # the time zone whose calendar day the cap counts
 
     def concurrency_for(self, tenant_id: int, task_type: str) -> int:
         """Most specific wins: tenant:type, then tenant, then type, then the default."""

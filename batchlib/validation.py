@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
 from batchlib.errors import ForeignAccounts, InvalidItems, UnknownTenant
 
-__all__ = ["positive_int", "check_tenant", "account_ids_from", "items_from", "check_accounts"]
+__all__ = [
+    "positive_int", "check_tenant", "account_ids_from", "items_from", "check_accounts",
+    "account_items", "check_nickname", "check_avatar_url", "check_friend_uid",
+]
 
 MAX_ID = 2**31 - 1  # int(11) columns
 
@@ -76,3 +81,100 @@ def check_accounts(session: Session, tenant_id: int, ids: Sequence[int]) -> None
     foreign = foreign_ids(session, tenant_id, ids)
     if foreign:
         raise ForeignAccounts(tenant_id, foreign)
+
+
+# -- items of the per-account types: {"items": [{"account_id": n, <field>: value}, ...]} ----------
+
+MAX_SHOWN = 10
+
+
+def account_items(
+    session: Session,
+    tenant_id: Any,
+    task_data: Mapping[str, Any],
+    *,
+    field: str,
+    check: Callable[[Any], Any],
+    max_items: int,
+) -> list[tuple[int, dict[str, Any]]]:
+    """One item per account of the tenant, each with a valid ``field``; read-only.
+
+    ``check(value)`` returns the value to use or raises ``ValueError`` with the reason. Every
+    problem is collected and the first ten are reported together; unknown keys are ignored.
+    Item data keeps ``{"account_id", field}`` (what the admin panel shows).
+    """
+    tenant = check_tenant(session, tenant_id)
+    raw = task_data.get("items")
+    if raw is None:
+        raise InvalidItems(f'task_data needs "items": [{{"account_id": ..., "{field}": ...}}, ...]')
+    items = items_from(raw, max_items=max_items)
+    problems: list[str] = []
+    parsed: list[tuple[int, dict[str, Any]]] = []
+    for n, item in enumerate(items):
+        account_id = positive_int(item["account_id"], f"item {n} account_id")
+        where = f"item {n} (account {account_id})"
+        if field not in item:
+            problems.append(f"{where}: no {field}")
+            continue
+        try:
+            value = check(item[field])
+        except ValueError as exc:
+            problems.append(f"{where}: {field} {exc}")
+            continue
+        parsed.append((account_id, {"account_id": account_id, field: value}))
+    if problems:
+        more = f" (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
+        raise InvalidItems(f"{len(problems)} invalid item(s): " + "; ".join(problems[:MAX_SHOWN]) + more)
+    check_accounts(session, tenant, [i for i, _ in parsed])
+    return parsed
+
+
+NICKNAME_MAX = 32  # the platform's limit (docs/platform-api.md)
+AVATAR_URL_MAX = 512
+FRIEND_UID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
+
+
+def check_nickname(value: Any) -> str:
+    """1-32 printable characters (no control, format or separator characters but the plain
+    space), without leading or trailing spaces."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError("is empty")
+    if len(value) > NICKNAME_MAX:
+        raise ValueError(f"is {len(value)} characters long (at most {NICKNAME_MAX})")
+    if value != value.strip():
+        raise ValueError("has leading or trailing spaces")
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"contains the non-printable character U+{ord(bad):04X}")
+    return value
+
+
+def check_avatar_url(value: Any) -> str:
+    """An absolute http(s) URL with a host, no credentials, no spaces, at most 512 characters."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type(value).__name__}")
+    if len(value) > AVATAR_URL_MAX:
+        raise ValueError(f"is {len(value)} characters long (at most {AVATAR_URL_MAX})")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("contains spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"is not a valid URL: {value[:80]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL with a host, got {value[:80]!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@)")
+    return value
+
+
+def check_friend_uid(value: Any) -> str:
+    """A platform uid: 1-64 characters of letters, digits and ``_ . : @ -``, starting alphanumeric."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type(value).__name__}")
+    if not FRIEND_UID_RE.fullmatch(value):
+        raise ValueError(f"is not a platform uid (1-64 letters, digits, _ . : @ -): {value[:80]!r}")
+    return value

@@ -10,12 +10,14 @@ from db.accounts import (
     load_credentials_many,
     record_checks,
     save_credentials,
+    set_profiles,
     tenant_exists,
     tenants_with_accounts,
     update_profile,
     upsert_accounts,
 )
 from db.engine import get_engine, make_engine
+from db.friends import log_friend_requests, sent_today_for_batch
 from db.maintenance import (
     fail_stale_batches,
     mark_failed_unowned,
@@ -42,7 +44,8 @@ from db.mirror import (
     record_outcomes,
     set_total,
 )
-from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog
+from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog, IpfsPin
+from db.pins import PIN_PRESENT, PIN_REMOVED, failed_items, mark_pins_removed, record_pins, remove_unseen_pins
 from db.retry import is_retryable, run_transaction
 
 __all__ = [
@@ -54,4 +57,6 @@ __all__ = [
     "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
+    "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests",
+    "PIN_PRESENT", "PIN_REMOVED", "record_pins", "mark_pins_removed", "remove_unseen_pins", "failed_items",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from db import statuses as st
@@ -14,7 +14,8 @@ from db._util import ACCOUNT, chunks, now_or
 
 __all__ = [
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
-    "load_credentials_many", "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
+    "load_credentials_many", "save_credentials", "record_checks", "update_profile", "set_profiles", "upsert_accounts",
+    "tenants_with_accounts",
 ]
 
 _LIVE = ACCOUNT.c.delete_time.is_(None)
@@ -173,3 +174,20 @@ def tenants_with_accounts(session: Session) -> list[int]:
         int(t)
         for t in session.execute(select(ACCOUNT.c.tenant_id).where(_LIVE).distinct().order_by(ACCOUNT.c.tenant_id)).scalars()
     ]
+
+
+def set_profiles(session: Session, column: str, values: dict[int, str], now: int | None = None) -> int:
+    """Set ``nickname`` or ``avatar_url`` of many accounts: one UPDATE (a CASE on id) per 500 ids."""
+    if column not in ("nickname", "avatar_url"):
+        raise ValueError(f"set_profiles: {column!r} is not a profile column")
+    now = now_or(now)
+    target = ACCOUNT.c[column]
+    changed = 0
+    ids = sorted(values)
+    for part in chunks(ids):
+        changed += session.execute(
+            update(ACCOUNT)
+            .where(ACCOUNT.c.id.in_(part))
+            .values({column: case({i: values[i] for i in part}, value=ACCOUNT.c.id, else_=target), "update_time": now})
+        ).rowcount
+    return changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -13,6 +14,20 @@ from db.retry import run_transaction
 __all__ = ["make_engine", "get_engine", "run_transaction", "SQLITE_BUSY_TIMEOUT_MS"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class _NoResultRows(logging.Filter):
+    """Drop SQLAlchemy's ``Row (...)`` debug records: a row of la_alt_account holds tokens.
+
+    ``hide_parameters`` keeps bound values out of logs, but with the root logger at DEBUG the
+    engine also logs every fetched row (found by tests/faults: tokens in the log).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Row "))
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoResultRows())
 
 
 def make_engine(url: str, **overrides: Any) -> Engine:

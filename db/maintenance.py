@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db import statuses as st
-from db._util import DETAIL, RUN, TASK, chunks, now_or
+from db._util import DETAIL, RUN, TASK, chunks, insert_ignore, now_or, truncate
 from db.mirror import _final_values, recount
 from db.models import BatchTask
 
 __all__ = [
     "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches", "running_batches",
+    "DISPATCHER_OWNER", "Dispatch", "RunningBatch", "fail_pending", "reserve_dispatch", "record_dispatch",
+    "next_dispatch_attempt", "running_with_heartbeat", "dispatch_notes",
 ]
 
 
@@ -123,3 +127,138 @@ def running_batches(session: Session, flow_run_id: str | None = None) -> list[tu
     if flow_run_id is not None:
         query = query.where(RUN.c.flow_run_id == flow_run_id)
     return [(int(r.id), int(r.fence), r.flow_run_id) for r in session.execute(query)]
+
+
+# -- dispatcher and reaper helpers (added for the deployments) ---------------------------
+
+DISPATCHER_OWNER = "dispatcher"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """The dispatcher's note on a pending batch: its la_batch_run row, before a run claims it.
+
+    ``owner`` is ``dispatcher:<attempt>``; ``flow_run_id`` is None between reserving an
+    attempt and recording the flow run it created; ``since`` is when that attempt began.
+    """
+
+    batch_id: int
+    attempt: int
+    flow_run_id: str | None
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunningBatch:
+    batch_id: int
+    fence: int
+    flow_run_id: str | None
+    seen: int  # last heartbeat (or la_batch_task.update_time when there is none)
+
+
+def _dispatch_attempt(owner: str | None) -> int | None:
+    prefix = DISPATCHER_OWNER + ":"
+    if owner is None or not owner.startswith(prefix):
+        return None
+    try:
+        return int(owner[len(prefix):])
+    except ValueError:
+        return None
+
+
+def fail_pending(session: Session, batch_id: int, reason: str, now: int | None = None) -> bool:
+    """Fail a batch nobody has claimed yet (guarded: only while it is still ``pending``).
+
+    For rows the dispatcher cannot start (unknown type, task_data not a JSON object).
+    Returns False when a run claimed it first (or it was deleted).
+    """
+    now = now_or(now)
+    moved = session.execute(
+        update(TASK)
+        .where(TASK.c.id == batch_id, TASK.c.task_status == st.PENDING, TASK.c.delete_time.is_(None))
+        .values(task_status=st.FAILED, end_time=now, update_time=now, error_message=truncate(reason))
+    ).rowcount
+    return moved == 1
+
+
+def reserve_dispatch(session: Session, batch_id: int, now: int | None = None) -> Dispatch | None:
+    """Note that the dispatcher is starting a run for a pending batch, or read the note.
+
+    Returns None when the batch is no longer pending or a run already claimed it. A new note
+    is attempt 1 with no flow run yet; an existing note is returned as it is (the caller
+    re-creates the flow run of a note without one, under the same idempotency key).
+    Lock order: la_batch_run, then la_batch_task (as in every fenced write).
+    """
+    now = now_or(now)
+    status_of = select(TASK.c.task_status).where(TASK.c.id == batch_id, TASK.c.delete_time.is_(None))
+    if session.execute(status_of).scalar_one_or_none() != st.PENDING:
+        return None
+    lock_run = select(RUN.c.owner, RUN.c.flow_run_id, RUN.c.update_time).where(RUN.c.task_id == batch_id)
+    run = session.execute(lock_run.with_for_update()).one_or_none()
+    if run is None:
+        session.execute(
+            insert_ignore(RUN).values(
+                task_id=batch_id, fence=0, owner=f"{DISPATCHER_OWNER}:1", create_time=now, update_time=now
+            )
+        )
+        run = session.execute(lock_run.with_for_update()).one()
+    status = session.execute(status_of).scalar_one_or_none()  # re-read under the run row lock
+    attempt = _dispatch_attempt(run.owner)
+    if status != st.PENDING or attempt is None:
+        return None
+    return Dispatch(batch_id, attempt, run.flow_run_id, int(run.update_time))
+
+
+def record_dispatch(session: Session, batch_id: int, attempt: int, flow_run_id: str) -> bool:
+    """Store the flow run an attempt created (guarded: only if no run claimed the batch since)."""
+    return session.execute(
+        update(RUN)
+        .where(RUN.c.task_id == batch_id, RUN.c.owner == f"{DISPATCHER_OWNER}:{attempt}")
+        .values(flow_run_id=flow_run_id)
+    ).rowcount == 1
+
+
+def next_dispatch_attempt(session: Session, seen: Dispatch, now: int | None = None) -> Dispatch | None:
+    """Compare-and-set a new attempt for a batch whose dispatched run ended without claiming it.
+
+    Only one caller wins (the note must still be exactly ``seen``, and the batch pending).
+    """
+    now = now_or(now)
+    current = reserve_dispatch(session, seen.batch_id, now)  # locks the run row; None unless pending
+    if current != seen:
+        return None
+    attempt = seen.attempt + 1
+    session.execute(
+        update(RUN)
+        .where(RUN.c.task_id == seen.batch_id)
+        .values(owner=f"{DISPATCHER_OWNER}:{attempt}", flow_run_id=None, update_time=now)
+    )
+    return Dispatch(seen.batch_id, attempt, None, now)
+
+
+def running_with_heartbeat(session: Session) -> list[RunningBatch]:
+    """Running batches with their owner's flow run id and when the owner was last seen alive."""
+    seen = func.coalesce(RUN.c.heartbeat_time, TASK.c.update_time)
+    rows = session.execute(
+        select(TASK.c.id, RUN.c.fence, RUN.c.flow_run_id, seen.label("seen"))
+        .select_from(TASK.outerjoin(RUN, RUN.c.task_id == TASK.c.id))
+        .where(TASK.c.task_status == st.RUNNING)
+        .order_by(TASK.c.id)
+    )
+    return [
+        RunningBatch(int(r.id), int(r.fence or 0), r.flow_run_id, int(r.seen)) for r in rows
+    ]
+
+
+def dispatch_notes(session: Session, batch_ids: list[int]) -> dict[int, Dispatch]:
+    """The dispatcher's notes on these batches (read-only), by batch id; others are absent."""
+    notes: dict[int, Dispatch] = {}
+    for part in chunks(batch_ids):
+        rows = session.execute(
+            select(RUN.c.task_id, RUN.c.owner, RUN.c.flow_run_id, RUN.c.update_time).where(RUN.c.task_id.in_(part))
+        )
+        for r in rows:
+            attempt = _dispatch_attempt(r.owner)
+            if attempt is not None:
+                notes[int(r.task_id)] = Dispatch(int(r.task_id), attempt, r.flow_run_id, int(r.update_time))
+    return notes

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Optional
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "BatchTask", "BatchTaskDetail", "BatchRun", "Account", "FriendRequestLog", "columns_of"]
+__all__ = ["Base", "BatchTask", "BatchTaskDetail", "BatchRun", "Account", "FriendRequestLog", "IpfsPin", "columns_of"]
 
 
 class Base(DeclarativeBase):
@@ -117,7 +117,10 @@ class FriendRequestLog(Base):
     """One row per friend request sent; feeds the per-account daily cap."""
 
     __tablename__ = "la_friend_request_log"
-    __table_args__ = (Index("idx_frl_account_day", "account_id", "day"),)
+    __table_args__ = (
+        Index("idx_frl_account_day", "account_id", "day"),
+        Index("uq_frl_task_account", "task_id", "account_id", unique=True),
+    )
     __repr_attrs__ = ("id", "account_id", "friend_uid", "day")
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -125,6 +128,31 @@ class FriendRequestLog(Base):
     friend_uid: Mapped[str] = mapped_column(String(64))
     day: Mapped[int] = mapped_column(Integer)  # yyyymmdd
     create_time: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[Optional[int]] = mapped_column(Integer)  # the add_friend batch that sent it
+
+
+class IpfsPin(Base):
+    """A pin of a tenant's IPFS node as pin_sync last saw it; removal is a status, not a delete."""
+
+    __tablename__ = "la_ipfs_pin"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "cid", name="uq_pin_tenant_cid"),
+        Index("idx_pin_tenant_status", "tenant_id", "status"),
+    )
+    __repr_attrs__ = ("id", "tenant_id", "cid", "status")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    cid: Mapped[str] = mapped_column(String(128))
+    pin_type: Mapped[str] = mapped_column(String(20), default="recursive", server_default="recursive")
+    size: Mapped[Optional[int]] = mapped_column(BigInteger)  # CumulativeSize of the DAG, bytes
+    status: Mapped[str] = mapped_column(String(20), default="present", server_default="present")
+    first_seen: Mapped[int] = mapped_column(Integer)
+    last_seen: Mapped[int] = mapped_column(Integer)
+    removed_time: Mapped[Optional[int]] = mapped_column(Integer)
+    last_task_id: Mapped[Optional[int]] = mapped_column(Integer)  # the pin_sync batch that last saw it
+    create_time: Mapped[int] = mapped_column(Integer)
+    update_time: Mapped[int] = mapped_column(Integer)
 
 
 def columns_of(model: type[Base]) -> list[str]:

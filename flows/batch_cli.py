@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["base_parser", "id_list", "run_cli", "quiet_prefect", "drain_ephemeral_api"]
+__all__ = ["base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api"]
 
 
 def quiet_prefect() -> None:
@@ -57,3 +57,40 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
         return 0
     print(f"error: {message}" if message.startswith("rejected:") else message, file=sys.stderr)
     return 2 if message.startswith("rejected:") else 1
+
+
+def _items_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any] | None:
+    import json
+
+    if args.items is None and args.items_file is None:
+        return None
+    try:
+        if args.items_file is not None:
+            with open(args.items_file, encoding="utf-8") as fh:
+                value = json.load(fh)
+        else:
+            value = json.loads(args.items)
+    except OSError as exc:
+        parser.error(f"cannot read {args.items_file}: {exc.strerror}")
+    except ValueError as exc:
+        parser.error(f"items are not valid JSON: {exc}")
+    if isinstance(value, dict) and "items" in value:  # a whole task_data object is fine too
+        value = value["items"]
+    if not isinstance(value, list):
+        parser.error("items must be a JSON list of objects")
+    return value
+
+
+def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[str] | None = None) -> int:
+    """The command line of a type whose input is ``{"items": [...]}``: ``--items`` / ``--items-file``."""
+    parser = base_parser(prog, doc.strip().splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--items", help='the items as JSON, e.g. \'[{"account_id": 1, ...}]\'')
+    source.add_argument("--items-file", metavar="PATH", help="a JSON file holding the items list")
+    args = parser.parse_args(argv)
+    if args.resume is None and (args.tenant_id is None or (args.items is None and args.items_file is None)):
+        parser.error("give --tenant-id with --items or --items-file, or --resume BATCH_ID")
+    return run_cli(flow_fn, {
+        "tenant_id": args.tenant_id, "items": _items_from_args(parser, args), "task_name": args.task_name,
+        "create_admin_id": args.admin_id, "batch_id": args.resume,
+    })

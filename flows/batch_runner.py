@@ -20,7 +20,7 @@ from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
-from batchlib.batch_types import BatchType, get_batch_type
+from batchlib.batch_types import BatchScope, BatchType, get_batch_type
 from batchlib.errors import BatchError, LockLost, PlatformError, StaleFence
 from batchlib.item_context import ItemContext
 from batchlib.locks import lease_for
@@ -160,7 +160,7 @@ async def _process(
 
     engine = get_engine(settings.database_url.get_secret_value())
     mirror = MirrorWriter(
-        engine, opened.batch_id, opened.fence, apply=batch_type.apply,
+        engine, opened.batch_id, opened.fence, apply=_bound_apply(batch_type, opened.batch_id, tenant_id),
         interval=settings.flush_interval_s, max_items=settings.flush_max_items,
         heartbeat_s=settings.heartbeat_interval_s,
     )
@@ -201,6 +201,14 @@ async def _process(
     if reason is not None or mirror.error is not None:
         return "failed", reason or f"database unavailable: {type(mirror.error).__name__}", mode, mirror.stats
     return "completed", None, mode, mirror.stats
+
+
+def _bound_apply(batch_type: BatchType, batch_id: int, tenant_id: int):
+    """The type's ``apply`` with this batch's scope bound: what the mirror writer calls."""
+    if batch_type.apply is None:
+        return None
+    scope, apply = BatchScope(batch_id, tenant_id), batch_type.apply
+    return lambda session, outcomes, now: apply(session, outcomes, now, scope)
 
 
 class _clients:

@@ -51,7 +51,7 @@ from simulators._http import (
 __all__ = ["Knobs", "Account", "PlatformState", "AccountPlatformApp", "PlatformSimulator", "main"]
 
 STATUSES = ("alive", "banned", "restricted")
-FAULTS = ("429", "500", "502", "503", "hang", "reset", "garbage", "big")
+FAULTS = ("429", "500", "502", "503", "hang", "reset", "garbage", "big", "trickle", "wrong")
 ME, NICKNAME, AVATAR, FRIENDS, REFRESH = (
     "GET /v1/me",
     "POST /v1/me/nickname",
@@ -77,6 +77,8 @@ class Knobs:
     retry_after_s: float = 1.0
     timeout_rate: float = 0.0
     hang_s: float = 15.0
+    trickle_s: float = 15.0  # scripted "trickle": a 200 whose body arrives one byte at a time, this long
+    trickle_interval_s: float = 0.5
     reset_rate: float = 0.0
     garbage_rate: float = 0.0
     big_body_bytes: int = 0
@@ -441,6 +443,12 @@ class AccountPlatformApp:
             await asyncio.sleep(knobs.hang_s)
             await send_json(send, 504, _error("timeout", "upstream timed out"))
             return 504
+        if fault == "trickle":
+            await self._trickle(send, knobs.trickle_s, knobs.trickle_interval_s)
+            return 200
+        if fault == "wrong":
+            await send_json(send, 200, {"uid": 12345, "status": "zombie", "nickname": None, "avatar_url": 7})
+            return 200
         if fault == "reset":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")]})
             await send({"type": "http.response.body", "body": b'{"uid": "', "more_body": True})
@@ -453,6 +461,20 @@ class AccountPlatformApp:
             return 200
         await self._big(send, knobs.big_body_bytes)
         return 200
+
+    @staticmethod
+    async def _trickle(send: Send, duration: float, interval: float) -> None:
+        """Headers at once, then one byte every ``interval`` (each read is quick, the whole is not)."""
+        body = b'{"uid": "trickle", "status": "alive", "nickname": "slow", "avatar_url": null}'
+        count = max(1, min(len(body), int(duration / max(interval, 0.001))))
+        pad = b" " * max(0, count - len(body))
+        payload = pad + body
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(len(payload)):
+            await send({"type": "http.response.body", "body": payload[i : i + 1], "more_body": i < len(payload) - 1})
+            if i < len(payload) - 1:
+                await asyncio.sleep(interval)
 
     @staticmethod
     async def _big(send: Send, size: int) -> None:

@@ -78,6 +78,7 @@ class OpenedBatch:
     total: int
     pending: int
     resumed: bool
+    error: str | None = None  # set when the batch was closed as failed while opening
 
 
 @task(name="describe-batch", cache_policy=NO_CACHE, persist_result=False)
@@ -113,15 +114,18 @@ def open_batch(
     flow_run_id: str | None,
     takeover: bool = False,
     collected: list[tuple[int, dict[str, Any] | None]] | None = None,
+    collect_error: str | None = None,
 ) -> OpenedBatch:
     """Validate, then create or claim the batch row and write its pending detail rows.
 
     A new batch: validation errors write nothing. An existing row (admin panel, resume):
     a row whose input is invalid is marked ``failed`` with a readable reason, then the error
-    is raised. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns.
+    is raised. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns;
+    when collecting failed (``collect_error``), the valid request is recorded as a ``failed``
+    batch with that reason and no detail rows (a resume collects again).
     Detail rows are inserted in chunks, each its own short transaction.
     """
-    from db import add_details, claim_batch, create_batch, finish_batch, recount, set_total
+    from db import add_details, claim_batch, create_batch, recount, set_total
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)
@@ -141,7 +145,7 @@ def open_batch(
             raise
         if collected is not None:
             items = collected
-        if not items:
+        if not items and batch_type.collect is None:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
 
     def claim(session):
@@ -154,6 +158,9 @@ def open_batch(
         return claim_batch(session, target, owner=owner, flow_run_id=flow_run_id, takeover=takeover)
 
     claimed = _tx(claim)
+    if collect_error is not None and not resuming:
+        _finish(task_type, claimed.batch_id, claimed.fence, "failed", collect_error)
+        return OpenedBatch(claimed.batch_id, claimed.fence, 0, 0, resuming, collect_error)
     if items is not None:
         step = settings.detail_insert_chunk
         for start in range(0, len(items), step):
@@ -162,7 +169,7 @@ def open_batch(
     counts = _tx(lambda s: (set_total(s, claimed.batch_id, claimed.fence), recount(s, claimed.batch_id))[1])
     if counts.pending == 0:
         # Nothing left to do (a resume of a batch whose items all finished): close it now.
-        _tx(lambda s: finish_batch(s, claimed.batch_id, claimed.fence, "completed"))
+        _finish(task_type, claimed.batch_id, claimed.fence, "completed")
     return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
 
 
@@ -177,11 +184,34 @@ def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -
 
 
 @task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
-def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, int]:
+def close_batch(
+    batch_id: int, fence: int, status: str, error_message: str | None = None, task_type: str | None = None
+) -> dict[str, int]:
     """Final state + counters from a recount (fenced: a run that lost the batch writes nothing)."""
-    from db import finish_batch
+    return counts_dict(_finish(task_type, batch_id, fence, status, error_message))
 
-    return counts_dict(_tx(lambda s: finish_batch(s, batch_id, fence, status, error_message)))
+
+def _finish(task_type: str | None, batch_id: int, fence: int, status: str, error_message: str | None = None):
+    """finish_batch, preceded in the same transaction by the type's ``on_close`` (if any),
+    whose summary is appended to ``error_message``."""
+    import time
+
+    from batchlib.batch_types import BatchScope
+    from db import check_fence, finish_batch, get_batch
+
+    on_close = get_batch_type(task_type).on_close if task_type is not None else None
+
+    def finish(session):
+        message = error_message
+        if on_close is not None:
+            now = int(time.time())
+            check_fence(session, batch_id, fence, now)  # a stale run must not run side effects
+            row = get_batch(session, batch_id)
+            summary = on_close(session, BatchScope(batch_id, row.tenant_id), status, now)
+            message = "; ".join(m for m in (error_message, summary) if m) or None
+        return finish_batch(session, batch_id, fence, status, message)
+
+    return _tx(finish)
 
 
 def counts_dict(counts) -> dict[str, int]:

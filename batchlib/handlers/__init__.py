@@ -1,3 +1,3 @@
 """Item handlers, one module per batch type; importing a module registers its type."""
 
-from batchlib.handlers import account_check  # noqa: F401
+from batchlib.handlers import account_check, add_friend, avatar_change, nickname_change, pin_sync  # noqa: F401

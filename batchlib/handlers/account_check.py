@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from batchlib.batch_types import BatchType, Item, register
+from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
 from batchlib.outcomes import ItemOutcome
 from batchlib.settings import Settings
@@ -39,7 +39,7 @@ async def handle(ctx: ItemContext, account_id: int, item_data: dict[str, Any] | 
     return ItemOutcome.success(account_id, status=state.status, uid=state.uid, latency_ms=latency_ms)
 
 
-def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int) -> None:
+def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
     """The accounts table learns each checked account's status and check time."""
     from db import record_checks
 

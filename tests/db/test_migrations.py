@@ -15,7 +15,7 @@ from db.migrate import current, upgrade
 from db.models import BatchTask, BatchTaskDetail, columns_of
 from tests.db.helpers import new_batch
 
-HEAD = "0004"
+HEAD = "0005"
 TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log"}
 
 

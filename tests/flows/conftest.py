@@ -113,3 +113,19 @@ def batch_env(
 def configure(monkeypatch: pytest.MonkeyPatch):
     """Change BATCH_* settings for the rest of the test."""
     return lambda **env: _configure(monkeypatch, **env)
+
+
+@pytest.fixture
+def kubo(batch_env: BatchEnv, configure) -> Iterator["KuboSimulator"]:
+    """A Kubo RPC stand-in with 100 pins, set as the node of every tenant (BATCH_KUBO_URL)."""
+    from simulators.kubo import KuboSimulator
+
+    with KuboSimulator(pins=100, seed=1) as sim:
+        configure(kubo_url=sim.url)
+        yield sim
+
+
+def items_of(env: BatchEnv, batch_id: int) -> dict[int, tuple[str, str | None, str | None]]:
+    """item_id -> (status, result JSON, error_message) of a batch's detail rows."""
+    rows = env.sql("SELECT item_id, status, result, error_message FROM la_batch_task_detail WHERE task_id = :b", b=batch_id)
+    return {r.item_id: (r.status, r.result, r.error_message) for r in rows}

@@ -1,0 +1,52 @@
+"""add-friend: Send a friend request from many accounts of one tenant (批量加好友), within a daily cap per account.
+
+    python -m flows.add_friend --tenant-id 7 --items '[{"account_id": 700001, "friend_uid": "u7-000002"}]'
+    python -m flows.add_friend --tenant-id 7 --items-file items.json
+    python -m flows.add_friend --resume 42
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow
+
+from flows.batch_cli import run_items_cli
+from flows.batch_runner import batch_run_name, run_batch_flow
+from tasks.hooks import mark_cancelled, mark_crashed
+
+TASK_TYPE = "add_friend"
+
+
+@flow(
+    name="add-friend",
+    flow_run_name=batch_run_name("add-friend"),
+    on_cancellation=[mark_cancelled],
+    on_crashed=[mark_crashed],
+)
+async def add_friend(
+    tenant_id: int | None = None,
+    items: list[dict[str, Any]] | None = None,
+    task_name: str | None = None,
+    create_admin_id: int = 0,
+    batch_id: int | None = None,
+):
+    """``items``: ``[{"account_id": ..., "friend_uid": ...}, ...]``, one per account of the tenant.
+
+    ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
+    failed/cancelled one: only items still pending are processed.
+    """
+    task_data = {"items": items} if items is not None else None
+    return await run_batch_flow(
+        TASK_TYPE, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
+        create_admin_id=create_admin_id, batch_id=batch_id,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_items_cli(add_friend, "python -m flows.add_friend", __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""pin-sync: bring la_ipfs_pin in step with the pins of the tenant's IPFS node (Kubo RPC).
+
+    python -m flows.pin_sync --tenant-id 7            # BATCH_KUBO_URL is the tenant's node
+    python -m flows.pin_sync --resume 42
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.batch_cli import base_parser, run_cli
+from flows.batch_runner import batch_run_name, run_batch_flow
+from tasks.hooks import mark_cancelled, mark_crashed
+
+TASK_TYPE = "pin_sync"
+
+
+@flow(
+    name="pin-sync",
+    flow_run_name=batch_run_name("pin-sync"),
+    on_cancellation=[mark_cancelled],
+    on_crashed=[mark_crashed],
+)
+async def pin_sync(
+    tenant_id: int | None = None,
+    task_name: str | None = None,
+    create_admin_id: int = 0,
+    batch_id: int | None = None,
+):
+    """List the node's recursive pins, stat each one, and record them (one detail row per pin).
+
+    ``batch_id`` claims an existing batch row or resumes one: a batch whose listing failed
+    lists again; otherwise only pins still pending are stat'ed.
+    """
+    return await run_batch_flow(
+        TASK_TYPE, tenant_id=tenant_id, task_data=None, task_name=task_name,
+        create_admin_id=create_admin_id, batch_id=batch_id,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("python -m flows.pin_sync", __doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    if args.tenant_id is None and args.resume is None:
+        parser.error("give --tenant-id, or --resume BATCH_ID")
+    return run_cli(pin_sync, {
+        "tenant_id": args.tenant_id, "task_name": args.task_name,
+        "create_admin_id": args.admin_id, "batch_id": args.resume,
+    })
+
+
+if __name__ == "__main__":
+    sys.exit(main())
