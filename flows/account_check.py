@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
 from flows.batch_cli import base_parser, id_list, run_cli
-from flows.batch_runner import batch_run_name, run_batch_flow
-from tasks.hooks import mark_cancelled, mark_crashed
+from flows.batch_runner import batch_flow, run_batch_flow
 
 TASK_TYPE = "account_check"
 
 
-@flow(
-    name="account-check",
-    flow_run_name=batch_run_name("account-check"),
-    on_cancellation=[mark_cancelled],
-    on_crashed=[mark_crashed],
-)
+@batch_flow("account-check")
 async def account_check(
     tenant_id: int | None = None,
     account_ids: list[int] | None = None,

@@ -10,21 +10,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from prefect import flow
-
 from flows.batch_cli import run_items_cli
-from flows.batch_runner import batch_run_name, run_batch_flow
-from tasks.hooks import mark_cancelled, mark_crashed
+from flows.batch_runner import batch_flow, run_batch_flow
 
 TASK_TYPE = "add_friend"
 
 
-@flow(
-    name="add-friend",
-    flow_run_name=batch_run_name("add-friend"),
-    on_cancellation=[mark_cancelled],
-    on_crashed=[mark_crashed],
-)
+@batch_flow("add-friend")
 async def add_friend(
     tenant_id: int | None = None,
     items: list[dict[str, Any]] | None = None,

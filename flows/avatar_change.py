@@ -10,21 +10,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from prefect import flow
-
 from flows.batch_cli import run_items_cli
-from flows.batch_runner import batch_run_name, run_batch_flow
-from tasks.hooks import mark_cancelled, mark_crashed
+from flows.batch_runner import batch_flow, run_batch_flow
 
 TASK_TYPE = "avatar_change"
 
 
-@flow(
-    name="avatar-change",
-    flow_run_name=batch_run_name("avatar-change"),
-    on_cancellation=[mark_cancelled],
-    on_crashed=[mark_crashed],
-)
+@batch_flow("avatar-change")
 async def avatar_change(
     tenant_id: int | None = None,
     items: list[dict[str, Any]] | None = None,

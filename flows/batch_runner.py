@@ -31,7 +31,7 @@ from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
 
-__all__ = ["BatchSummary", "run_batch", "run_batch_flow", "batch_run_name"]
+__all__ = ["BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "batch_run_name"]
 
 PAGE = 5000
 T = TypeVar("T")
@@ -61,6 +61,22 @@ class BatchSummary:
             + (f", {self.pending} left pending" if self.pending else "")
             + f" in {self.elapsed_s:.1f}s"
         )
+
+
+def batch_flow(name: str):
+    """The ``@flow`` of a batch type: readable run names, and hooks that mirror a run's ending
+    (cancelled, crashed, failed) into its batch row when the runner could not close it."""
+    from prefect import flow
+
+    from tasks.hooks import mark_cancelled, mark_crashed, mark_failed
+
+    return flow(
+        name=name,
+        flow_run_name=batch_run_name(name),
+        on_cancellation=[mark_cancelled],
+        on_crashed=[mark_crashed],
+        on_failure=[mark_failed],
+    )
 
 
 def batch_run_name(flow_name: str):

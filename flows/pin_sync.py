@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
 from flows.batch_cli import base_parser, run_cli
-from flows.batch_runner import batch_run_name, run_batch_flow
-from tasks.hooks import mark_cancelled, mark_crashed
+from flows.batch_runner import batch_flow, run_batch_flow
 
 TASK_TYPE = "pin_sync"
 
 
-@flow(
-    name="pin-sync",
-    flow_run_name=batch_run_name("pin-sync"),
-    on_cancellation=[mark_cancelled],
-    on_crashed=[mark_crashed],
-)
+@batch_flow("pin-sync")
 async def pin_sync(
     tenant_id: int | None = None,
     task_name: str | None = None,

@@ -11,7 +11,7 @@ import logging
 
 from batchlib.errors import BatchError
 
-__all__ = ["mark_cancelled", "mark_crashed", "close_owned_batches"]
+__all__ = ["mark_cancelled", "mark_crashed", "mark_failed", "close_owned_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +37,8 @@ def mark_cancelled(flow, flow_run, state) -> None:
 
 def mark_crashed(flow, flow_run, state) -> None:
     close_owned_batches(str(flow_run.id), "failed", f"flow run crashed: {state.message or state.type}")
+
+
+def mark_failed(flow, flow_run, state) -> None:
+    """A run that failed without closing its batch (an unexpected error) leaves it failed, not running."""
+    close_owned_batches(str(flow_run.id), "failed", f"flow run failed: {state.message or state.type}")
