@@ -1,0 +1,110 @@
+"""dispatcher: start the batches the admin panel inserts as ``pending`` la_batch_task rows.
+
+    python -m flows.dispatcher            # one pass
+    python -m flows.dispatcher --loop 60  # poll every 2 s for 60 s (what the deployment does)
+
+Each pending row becomes one deployment run of its type, with parameters
+``{batch_id, tenant_id}``; the run claims the row and owns it from then on. A row whose
+``task_type`` is unknown, or whose ``task_data`` is not a JSON object, is marked ``failed``
+with a readable ``error_message``.
+
+Exactly one run per row, even when two dispatchers overlap: the dispatch is noted in the
+row's la_batch_run record (owner ``dispatcher:<attempt>``) and the flow run is created with
+the idempotency key ``batch-<id>-<create_time>-<attempt>``, which the Prefect server
+de-duplicates per flow. A dispatched row is not dispatched again while its run may still
+claim it; only when that run ended (or vanished) without claiming it, and
+``redispatch_after_s`` passed, a new attempt starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+
+from prefect import flow, get_run_logger
+
+from tasks.maintenance import (
+    dispatch_notes_for, fail_row, flow_run_ending, pending_rows, restart_batch_run, row_problem, start_batch_run,
+)
+
+__all__ = ["DEPLOYMENTS", "deployment_for", "dispatcher", "dispatch_once"]
+
+# task_type -> the deployment ("flow name/deployment name") that runs it. A new batch type
+# is one line here (and its deployment in prefect.yaml).
+DEPLOYMENTS: dict[str, str] = {
+    "account_check": "account-check/account-check",
+    "nickname_change": "nickname-change/nickname-change",
+    "avatar_change": "avatar-change/avatar-change",
+    "add_friend": "add-friend/add-friend",
+    "pin_sync": "pin-sync/pin-sync",
+}
+
+
+def deployment_for(task_type: str) -> str | None:
+    return DEPLOYMENTS.get(task_type)
+
+
+def dispatch_once(
+    limit: int = 100, redispatch_after_s: int = 120, deployments: dict[str, str] | None = None
+) -> Counter:
+    """One pass over the pending rows; counts what happened to them (call it inside a flow)."""
+    deployments = DEPLOYMENTS if deployments is None else deployments
+    outcome: Counter = Counter()
+    rows = pending_rows(limit)
+    notes = dispatch_notes_for([r.batch_id for r in rows])
+    now = int(time.time())
+    for row in rows:
+        problem = row_problem(row, deployments)
+        if problem is not None:
+            outcome["failed" if fail_row(row.batch_id, problem) else "claimed"] += 1
+            continue
+        deployment = deployments[row.task_type]
+        note = notes.get(row.batch_id)
+        row = replace(row, task_data=None)  # validated; the run reads it from the row itself
+        try:
+            if note is None or note.flow_run_id is None:
+                started = start_batch_run(row, deployment)
+                outcome["started" if started else "claimed"] += 1
+                continue
+            ending = None if now - note.since < redispatch_after_s else flow_run_ending(note.flow_run_id)
+            if ending is None:
+                outcome["waiting"] += 1  # its run may still claim it
+                continue
+            started = restart_batch_run(row, deployment, note, ending)
+            outcome["restarted" if started else "claimed"] += 1
+        except Exception as exc:  # e.g. the deployment is missing: the row stays pending
+            get_run_logger().error("batch %s: cannot start %s: %s", row.batch_id, deployment, exc)
+            outcome["error"] += 1
+    return outcome
+
+
+@flow(name="dispatcher")
+def dispatcher(run_for_s: float = 0.0, poll_s: float = 2.0, limit: int = 100, redispatch_after_s: int = 120) -> dict:
+    """Start pending admin-panel rows; with ``run_for_s`` > 0, keep polling every ``poll_s``."""
+    deadline = time.monotonic() + run_for_s
+    totals: Counter = Counter()
+    while True:
+        done = dispatch_once(limit, redispatch_after_s)
+        if done:
+            get_run_logger().info("dispatch pass: %s", dict(done))
+        totals.update(done)
+        if time.monotonic() + poll_s > deadline:
+            break
+        time.sleep(poll_s)
+    return dict(totals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.dispatcher", description=__doc__.splitlines()[0])
+    parser.add_argument("--loop", type=float, default=0.0, metavar="SECONDS", help="keep polling this long")
+    parser.add_argument("--poll", type=float, default=2.0, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    print(dispatcher(run_for_s=args.loop, poll_s=args.poll))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

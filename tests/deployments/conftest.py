@@ -1,0 +1,259 @@
+"""The deployed system, end to end: the session's real Prefect server (tests/prefect_server.py),
+``python -m deployments.bootstrap --deploy`` from prefect.yaml, a real ``prefect worker``
+subprocess, a MariaDB database, Redis and the platform simulator.
+
+One deployment of everything per session (deploying costs seconds); each test uses its own
+tenants so the batches never meet. Schedules stay active (the dispatcher schedule is what
+picks up admin-panel rows) except nightly-check and prune, which tests start themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from batchlib.seeding import account_id_for, import_accounts
+from db import counters, make_engine, recount, run_transaction
+from deployments.spec import REPO_ROOT
+from simulators.account_platform import PlatformSimulator
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, REDIS_URL, mysql_admin
+
+T = TypeVar("T")
+
+# Tenants and their accounts; each test owns some of them.
+TENANTS = {7: 60, 8: 40, 9: 300, 10: 300, 11: 5, 12: 5}
+POOL = "batch-pool"
+
+
+def wait_for(check: Callable[[], T], timeout: float, interval: float = 0.25, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (flow-run processes may sit in their own session)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class Worker:
+    """A ``prefect worker start --pool batch-pool`` subprocess in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process",
+             "--name", f"e2e-worker-{self.starts}"],
+            cwd=self.log_dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def ensure_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+    def kill(self) -> list[int]:
+        """SIGKILL the worker and every flow-run process under it, at once."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+@dataclass
+class Deployed:
+    """The deployed system as a test sees it."""
+
+    api_url: str
+    env: dict[str, str]
+    engine: Engine
+    sim: PlatformSimulator
+    worker: Worker
+    tmp: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # -- processes ---------------------------------------------------------------
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """A command with the worker's environment (CLI, python -m ...), from the repo root."""
+        result = subprocess.run(
+            list(args), cwd=REPO_ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
+        return result
+
+    def client(self):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(api=self.api_url)
+
+    # -- the mirror --------------------------------------------------------------
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        with self.engine.begin() as conn:
+            result = conn.execute(text(query), params)
+            return result.all() if result.returns_rows else []
+
+    def batch(self, batch_id: int) -> dict[str, Any]:
+        return dict(self.sql("SELECT * FROM la_batch_task WHERE id = :id", id=batch_id)[0]._mapping)
+
+    def batches_of(self, tenant_id: int) -> list[dict[str, Any]]:
+        rows = self.sql("SELECT * FROM la_batch_task WHERE tenant_id = :t ORDER BY id", t=tenant_id)
+        return [dict(r._mapping) for r in rows]
+
+    def wait_status(self, batch_id: int, statuses: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        return wait_for(
+            lambda: (b := self.batch(batch_id))["task_status"] in statuses and b,
+            timeout, what=f"batch {batch_id} to become {'/'.join(statuses)}",
+        )
+
+    def detail_status(self, batch_id: int) -> dict[int, str]:
+        rows = self.sql("SELECT item_id, status FROM la_batch_task_detail WHERE task_id = :id", id=batch_id)
+        return {int(i): s for i, s in rows}
+
+    def assert_consistent(self, batch_id: int) -> None:
+        """Counters equal a GROUP BY recount of the details (I3), total = detail rows (I1)."""
+        stored = run_transaction(self.engine, lambda s: counters(s, batch_id))
+        actual = run_transaction(self.engine, lambda s: recount(s, batch_id))
+        assert (stored.total, stored.processed, stored.success, stored.failed) == (
+            actual.total, actual.processed, actual.success, actual.failed
+        )
+
+    def calls_by_account(self, since: float | None = None) -> dict[int, int]:
+        seen: dict[int, int] = {}
+        for call in self.sim.calls(endpoint="GET /v1/me", since=since):
+            account_id = account_id_for(call["uid"]) if call.get("uid") else None
+            if account_id is not None:
+                seen[account_id] = seen.get(account_id, 0) + 1
+        return seen
+
+
+@pytest.fixture(scope="session")
+def e2e_mysql_url() -> Iterator[str]:
+    name = f"e2e_{uuid.uuid4().hex[:10]}"
+    admin = mysql_admin()
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield f"mysql+pymysql://{MYSQL_USER}:{MYSQL_PASSWORD}@{MYSQL_HOST}:{MYSQL_PORT}/{name}?charset=utf8mb4"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    started = time.monotonic()
+    tmp = tmp_path_factory.mktemp("e2e")
+    prefix = f"test:e2e:{uuid.uuid4().hex[:8]}:"
+    with PlatformSimulator() as sim:
+        sim.seed(TENANTS, banned_fraction=0.1)
+        env = {
+            **prefect_server.env,
+            "BATCH_DATABASE_URL": e2e_mysql_url,
+            "BATCH_REDIS_URL": REDIS_URL,
+            "BATCH_REDIS_KEY_PREFIX": prefix,
+            "BATCH_PLATFORM_URL": sim.url,
+            "BATCH_REPO_DIR": str(REPO_ROOT),
+            "BATCH_CONCURRENCY": "10",
+            "BATCH_LOCK_TTL_S": "10",  # a SIGKILLed run's Redis lease is gone sooner (resume test)
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+        boot = subprocess.run(
+            [sys.executable, "-m", "deployments.bootstrap", "--deploy"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert boot.returncode == 0, boot.stdout[-3000:] + boot.stderr[-3000:]
+        engine = make_engine(e2e_mysql_url)
+        import_accounts(engine, sim.accounts())
+        worker = Worker(env, tmp)
+        system = Deployed(prefect_server.api_url, env, engine, sim, worker, tmp)
+        system.timings["bootstrap+deploy_s"] = time.monotonic() - started
+        _pause_schedules(system, ["nightly-check/nightly-check", "prune/prune"])
+        worker.start()
+        # The scheduler service creates the first scheduled runs within its 60 s loop; start a
+        # dispatcher now, as docs/operations.md tells an operator to after a first deploy.
+        kick = system.run("prefect", "deployment", "run", "dispatcher/dispatcher")
+        assert kick.returncode == 0, kick.stdout + kick.stderr
+        try:
+            yield system
+        finally:
+            worker.stop()
+            engine.dispose()
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(match=f"{prefix}*"):
+                client.delete(key)
+            client.close()
+            print("\ne2e timings:", {k: round(v, 1) for k, v in system.timings.items()})
+
+
+def _pause_schedules(system: Deployed, names: list[str]) -> None:
+    with system.client() as client:
+        for name in names:
+            deployment = client.read_deployment_by_name(name)
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+
+
+@pytest.fixture
+def system(deployed: Deployed) -> Deployed:
+    """The deployed system with a live worker (a previous test may have killed it)."""
+    deployed.worker.ensure_running()
+    deployed.sim.configure(latency_ms=20)
+    return deployed

@@ -1,0 +1,215 @@
+"""Dispatcher, reaper and prune flows in this process, against the session's Prefect server
+and a real MariaDB (no worker: dispatched flow runs stay scheduled, which is what is checked).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.states import Crashed, Running
+
+from db import claim_batch, create_batch, run_transaction
+from flows.dispatcher import DEPLOYMENTS, dispatch_once
+from flows.prune import prune
+from flows.reaper import reaper
+from tasks.maintenance import PendingRow, row_problem
+
+
+# -- pure ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task_type", "task_data", "problem"),
+    [
+        ("account_check", '{"account_ids":[1,2]}', None),
+        ("account_check", None, None),
+        ("account_check", "", None),
+        ("account_check", "null", None),
+        ("teleport", "{}", "unknown task_type 'teleport'"),
+        ("account_check", "{account_ids: [1", "not valid JSON"),
+        ("account_check", "[1,2]", "expected a JSON object, got list"),
+        ("account_check", '"text"', "expected a JSON object, got str"),
+    ],
+)
+def test_row_problem(task_type: str, task_data: str | None, problem: str | None) -> None:
+    found = row_problem(PendingRow(1, 7, task_type, task_data, 0), DEPLOYMENTS)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_every_batch_type_has_a_deployment() -> None:
+    from batchlib.batch_types import batch_type_names
+
+    assert set(batch_type_names()) <= set(DEPLOYMENTS), "add the type's line to DEPLOYMENTS in flows/dispatcher.py"
+
+
+# -- dispatcher ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unit_deployment(batch_env) -> dict[str, str]:
+    """account-check deployed under a unique name on a pool no worker polls."""
+    import asyncio
+
+    from deployments.bootstrap import ensure_work_pool
+    from flows.account_check import account_check
+
+    suffix = uuid.uuid4().hex[:8]
+    pool = f"unit-pool-{suffix}"
+    asyncio.run(ensure_work_pool(pool))
+    account_check.to_deployment(name=f"unit-{suffix}", work_pool_name=pool).apply()
+    return {"account_check": f"account-check/unit-{suffix}"}
+
+
+@flow(name="dispatch-pass")
+def _dispatch_pass(deployments: dict[str, str], redispatch_after_s: int = 120) -> dict:
+    return dict(dispatch_once(redispatch_after_s=redispatch_after_s, deployments=deployments))
+
+
+def _runs_of(batch_id: int, deployments: dict[str, str]) -> list:
+    """Flow runs the dispatcher created for a batch (batch ids repeat across test databases)."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployments["account_check"])
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"batch-{batch_id}"])))
+    return [r for r in runs if r.deployment_id == deployment.id]
+
+
+def _note(batch_env, batch_id: int):
+    return batch_env.sql("SELECT owner, flow_run_id, fence FROM la_batch_run WHERE task_id = :id", id=batch_id)[0]
+
+
+def test_overlapping_dispatchers_start_one_run_per_row(batch_env, unit_deployment) -> None:
+    batch_env.seed({7: 3})
+    batch_id = batch_env.insert_pending(7, "account_check", {})
+    results: list[dict] = []
+    # Threads do not inherit the Prefect settings context (the API URL): hand it over.
+    passes = [
+        threading.Thread(target=contextvars.copy_context().run,
+                         args=(lambda: results.append(_dispatch_pass(unit_deployment)),))
+        for _ in range(3)
+    ]
+    for t in passes:
+        t.start()
+    for t in passes:
+        t.join()
+    runs = _runs_of(batch_id, unit_deployment)
+    assert len(runs) == 1, results
+    assert runs[0].parameters == {"batch_id": batch_id, "tenant_id": 7}
+    note = _note(batch_env, batch_id)
+    assert note.owner == "dispatcher:1" and note.flow_run_id == str(runs[0].id) and note.fence == 0
+    # Later passes wait for that run to claim the row.
+    assert _dispatch_pass(unit_deployment) == {"waiting": 1}
+    assert len(_runs_of(batch_id, unit_deployment)) == 1
+
+
+def test_a_run_that_ended_without_claiming_is_replaced_once(batch_env, unit_deployment) -> None:
+    batch_env.seed({7: 3})
+    batch_id = batch_env.insert_pending(7, "account_check", None)
+    _dispatch_pass(unit_deployment)
+    (first,) = _runs_of(batch_id, unit_deployment)
+    assert _dispatch_pass(unit_deployment, redispatch_after_s=0) == {"waiting": 1}  # still scheduled
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(first.id, Crashed(message="worker lost"), force=True)
+    assert _dispatch_pass(unit_deployment, redispatch_after_s=3600) == {"waiting": 1}  # too soon
+    assert _dispatch_pass(unit_deployment, redispatch_after_s=0) == {"restarted": 1}
+    runs = _runs_of(batch_id, unit_deployment)
+    assert len(runs) == 2
+    assert _note(batch_env, batch_id).owner == "dispatcher:2"
+    # Once the (second) run claims the row, the dispatcher leaves it alone for good.
+    engine = batch_env.engine
+    run_transaction(engine, lambda s: claim_batch(s, batch_id, owner="vm:1", flow_run_id=str(runs[0].id)))
+    assert _dispatch_pass(unit_deployment, redispatch_after_s=0) == {}
+    assert _note(batch_env, batch_id).fence == 1
+
+
+def test_unstartable_rows_fail_with_a_readable_message(batch_env, unit_deployment) -> None:
+    bad_type = batch_env.insert_pending(7, "teleport", {})
+    bad_json = batch_env.insert_pending(8, "account_check", "{oops")
+    assert _dispatch_pass(unit_deployment) == {"failed": 2}
+    for batch_id, words in ((bad_type, "unknown task_type"), (bad_json, "not valid JSON")):
+        row = batch_env.batch(batch_id)
+        assert row["task_status"] == "failed" and words in row["error_message"] and row["end_time"]
+        assert not _runs_of(batch_id, unit_deployment)
+
+
+# -- reaper ----------------------------------------------------------------------------
+
+
+def _running_batch(batch_env, tenant_id: int, flow_run_id: str | None, silent_s: int) -> int:
+    def open_(s):
+        batch_id = create_batch(
+            s, tenant_id=tenant_id, task_type="account_check", task_name="t", create_admin_id=0, task_data=None
+        )
+        claim_batch(s, batch_id, owner="vm:1", flow_run_id=flow_run_id)
+        return batch_id
+
+    batch_id = run_transaction(batch_env.engine, open_)
+    seen = int(time.time()) - silent_s
+    batch_env.sql("UPDATE la_batch_run SET heartbeat_time = :t WHERE task_id = :id", t=seen, id=batch_id)
+    batch_env.sql("UPDATE la_batch_task SET update_time = :t WHERE id = :id", t=seen, id=batch_id)
+    return batch_id
+
+
+@flow(name="reaper-test-run")
+def _placeholder() -> None:
+    pass
+
+
+def _flow_run(state) -> str:
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(_placeholder, state=state)
+        return str(run.id)
+
+
+def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> None:
+    crashed_quiet = _running_batch(batch_env, 1, _flow_run(Crashed(message="SIGKILL")), silent_s=30)
+    crashed_but_beating = _running_batch(batch_env, 2, _flow_run(Crashed()), silent_s=1)
+    missing_quiet = _running_batch(batch_env, 3, str(uuid.uuid4()), silent_s=30)
+    running_quiet = _running_batch(batch_env, 4, _flow_run(Running()), silent_s=30)
+    running_silent = _running_batch(batch_env, 5, _flow_run(Running()), silent_s=500)
+    healthy = _running_batch(batch_env, 6, _flow_run(Running()), silent_s=0)
+
+    result = reaper()
+
+    assert sorted(result["gone"]) == sorted([crashed_quiet, missing_quiet])
+    assert result["stale"] == [running_silent]
+    status = {i: batch_env.batch(i)["task_status"] for i in
+              (crashed_quiet, crashed_but_beating, missing_quiet, running_quiet, running_silent, healthy)}
+    assert status == {
+        crashed_quiet: "failed", crashed_but_beating: "running", missing_quiet: "failed",
+        running_quiet: "running", running_silent: "failed", healthy: "running",
+    }
+    assert "Crashed" in batch_env.batch(crashed_quiet)["error_message"]
+    assert "does not exist" in batch_env.batch(missing_quiet)["error_message"]
+    assert "no heartbeat" in batch_env.batch(running_silent)["error_message"]
+    assert f"batch_id={crashed_quiet}" in batch_env.batch(crashed_quiet)["error_message"]
+    for batch_id in (crashed_quiet, missing_quiet, running_silent):
+        batch_env.assert_consistent(batch_id)
+        assert _note(batch_env, batch_id).fence == 2  # the dead owner is fenced out
+    assert reaper() == {"gone": [], "stale": []}
+
+
+# -- prune -----------------------------------------------------------------------------
+
+
+def test_prune_soft_deletes_in_chunks_until_done(batch_env) -> None:
+    old = int(time.time()) - 40 * 86_400
+    ids = []
+    for tenant in range(40, 45):
+        batch_env.sql(
+            "INSERT INTO la_batch_task (tenant_id, task_name, task_type, task_status, create_admin_id, end_time,"
+            " create_time, update_time) VALUES (:t, 'old', 'account_check', 'completed', 1, :o, :o, :o)",
+            t=tenant, o=old,
+        )
+        ids.append(batch_env.sql("SELECT MAX(id) FROM la_batch_task")[0][0])
+    assert prune(older_than_days=30, hard_delete=False, chunk=2) == 5
+    assert all(batch_env.batch(i)["delete_time"] for i in ids)
+    assert prune(older_than_days=30, hard_delete=False, chunk=2) == 0
+    assert prune(older_than_days=30, hard_delete=True, chunk=2) == 5
+    assert not batch_env.sql("SELECT id FROM la_batch_task WHERE tenant_id BETWEEN 40 AND 44")
