@@ -11,6 +11,7 @@
     ├── BatchAlreadyActive           another pending/running batch of that tenant and type
     ├── StaleFence                   this run no longer owns the batch (taken over)
     ├── LockLost                     the Redis lease was lost while running
+    ├── DatabaseUnavailable          the mirror stayed unreachable past the outage budget
     └── PlatformError                an external service call failed
         ├── PlatformUnavailable      5xx / timeouts / connection errors past the retry budget
         ├── RateLimited              429 past the retry budget
@@ -35,6 +36,7 @@ __all__ = [
     "BatchAlreadyActive",
     "StaleFence",
     "LockLost",
+    "DatabaseUnavailable",
     "PlatformError",
     "PlatformUnavailable",
     "RateLimited",
@@ -115,6 +117,15 @@ class LockLost(BatchError):
     def __init__(self, key: str) -> None:
         super().__init__(f"the lease {key} was lost; stopping so the new owner can continue")
         self.key = key
+
+
+class DatabaseUnavailable(BatchError):
+    def __init__(self, batch_id: int, budget_s: float, what: str) -> None:
+        super().__init__(
+            f"the database was unreachable for {budget_s:g}s ({what}); batch {batch_id} is left running: "
+            "the reaper marks it failed, then resume it (only its unfinished items run again)"
+        )
+        self.batch_id = batch_id
 
 
 class PlatformError(BatchError):

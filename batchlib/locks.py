@@ -2,7 +2,8 @@
 
 The lease is an optimisation, not the safety net: after a Redis restart (no persistence)
 or a TTL expiry another client can take the key, so every write a batch makes is also
-fenced in the database. A lost lease flips ``lost``; the runner checks it and stops.
+fenced in the database. A key that vanished is taken again by the renewer; a key another
+owner holds flips ``lost``, and the runner stops.
 """
 
 from __future__ import annotations
@@ -92,7 +93,18 @@ class RedisLease(Lease):
             try:
                 self._lock.reacquire()
             except LockNotOwnedError:
-                log.warning("lease %s lost (expired or taken by another owner)", self.key)
+                # The key is gone (Redis restarted without persistence, or the TTL ran out
+                # while we were paused) or another owner holds it. Gone: take it again and go
+                # on, the database fence still guards every write (found by tests/faults: a
+                # Redis restart used to stop every running batch). Held by another: lost.
+                try:
+                    if self._lock.acquire(blocking=False):
+                        log.warning("lease %s had vanished (Redis restart or expiry); re-acquired", self.key)
+                        continue
+                except RedisError as exc:
+                    log.warning("lease %s renewal failed: %s", self.key, type(exc).__name__)
+                    continue
+                log.warning("lease %s lost (taken by another owner)", self.key)
                 self._lost.set()
                 return
             except RedisError as exc:

@@ -63,6 +63,7 @@ class MirrorWriter:
         self.cancel_requested = False  # the admin panel set the row to cancelled
         self.stale = False  # another run owns the batch now
         self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
+        self.error_since: float | None = None  # monotonic time of the first failed flush of this outage
         self.on_progress: Callable[[int], None] | None = None
 
     def add(self, outcome: ItemOutcome) -> None:
@@ -87,12 +88,22 @@ class MirrorWriter:
             if self._buffer or time.monotonic() - self._last_write >= self._heartbeat_s:
                 await self._flush_safely()
 
-    async def close(self) -> None:
-        """Final flush of whatever is buffered (called once processing has stopped)."""
+    async def close(self, patience_s: float = 0.0) -> None:
+        """Final flush of whatever is buffered (called once processing has stopped).
+
+        During a database outage it keeps trying until the outage has lasted ``patience_s``
+        (counted from the first failed flush): a batch whose last items finish while the
+        database restarts still records them (found by tests/faults: they were dropped).
+        """
         self._closing = True
         self._wake.set()
-        if self._buffer and not self.stale:
+        while self._buffer and not self.stale:
             await self._flush_safely()
+            if self.error is None or self.error_since is None:
+                break
+            if time.monotonic() - self.error_since >= patience_s:
+                break
+            await asyncio.sleep(min(0.5, self._interval))
 
     def flush_now(self) -> None:
         """Blocking flush, for shutdown paths where the event loop is going away."""
@@ -110,6 +121,8 @@ class MirrorWriter:
             log.error("mirror flush of batch %s failed: %s", self.batch_id, type(exc).__name__)
             self._buffer[:0] = batch  # keep them for the next try / the final flush
             self.error = exc
+            if self.error_since is None:
+                self.error_since = time.monotonic()
 
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
         from db import run_transaction
@@ -119,6 +132,7 @@ class MirrorWriter:
         now = time.monotonic()
         self._last_write = now
         self.error = None
+        self.error_since = None
         self.stats.flushes += 1
         self.stats.recorded += len(outcomes)
         self.stats.moved += moved

@@ -1,7 +1,8 @@
 """Retry a whole transaction on transient database errors.
 
 Retried: disconnects (MySQL 2006, 2013, 2014, 2055, 1927, PyMySQL connection-lost
-errors, SQLAlchemy ``connection_invalidated``), lock wait timeout 1205, deadlock 1213 and
+errors, SQLAlchemy ``connection_invalidated``), a server that cannot be reached or is
+shutting down (2002, 2003, 1053: a restart), lock wait timeout 1205, deadlock 1213 and
 SQLite "database is locked". Never retried: integrity and programming errors.
 
 The unit of retry is ``fn``: a statement that failed mid-transaction took the earlier
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DISCONNECT_CODES = frozenset({2006, 2013, 2014, 2055, 1927})
-RETRYABLE_MYSQL_CODES = DISCONNECT_CODES | {1205, 1213}
+UNREACHABLE_CODES = frozenset({2002, 2003, 1053})  # can't connect (socket / TCP), server shutdown in progress
+RETRYABLE_MYSQL_CODES = DISCONNECT_CODES | UNREACHABLE_CODES | {1205, 1213}
 _SQLITE_LOCKED = ("database is locked", "database table is locked")
 
 
@@ -62,6 +64,14 @@ def is_retryable(err: BaseException) -> bool:
     return False
 
 
+def after_commit(session: Session) -> None:
+    """Test seam, called once a transaction has committed and before ``fn``'s result returns.
+
+    tests/faults replace it to raise a 2013 "lost connection" right after a commit: the
+    commit's acknowledgement is lost, the transaction is retried although it took effect.
+    """
+
+
 def _describe(err: BaseException) -> str:
     orig = getattr(err, "orig", None)
     code = _mysql_code(orig) if orig is not None else None
@@ -80,8 +90,11 @@ def run_transaction(
     """Run ``fn(session)`` in one transaction; retry the whole of it on transient errors."""
     for attempt in range(1, attempts + 1):
         try:
-            with Session(engine, expire_on_commit=False) as session, session.begin():
-                return fn(session)
+            with Session(engine, expire_on_commit=False) as session:
+                with session.begin():
+                    result = fn(session)
+                after_commit(session)
+                return result
         except sa_exc.DBAPIError as err:
             if attempt >= attempts or not is_retryable(err):
                 raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import get_run_logger
@@ -21,7 +22,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import BatchError, LockLost, PlatformError, StaleFence
+from batchlib.errors import BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
 from batchlib.item_context import ItemContext
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
@@ -31,7 +32,9 @@ from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
 
-__all__ = ["BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "batch_run_name"]
+__all__ = [
+    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name",
+]
 
 PAGE = 5000
 T = TypeVar("T")
@@ -79,6 +82,31 @@ def batch_flow(name: str):
     )
 
 
+def items_flow(name: str, task_type: str, item_doc: str):
+    """The flow of a type whose input is a list of items (``task_data = {"items": [...]}``)."""
+
+    async def run(
+        tenant_id: int | None = None,
+        items: list[dict[str, Any]] | None = None,
+        task_name: str | None = None,
+        create_admin_id: int = 0,
+        batch_id: int | None = None,
+    ):
+        task_data = {"items": items} if items is not None else None
+        return await run_batch_flow(
+            task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
+            create_admin_id=create_admin_id, batch_id=batch_id,
+        )
+
+    run.__name__ = run.__qualname__ = task_type
+    run.__doc__ = (
+        f"``items``: {item_doc}, one per account of the tenant.\n\n"
+        "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
+        "failed/cancelled one: only items still pending are processed."
+    )
+    return batch_flow(name)(run)
+
+
 def batch_run_name(flow_name: str):
     """Flow-run names that say what runs: ``account-check-tenant-7`` or ``account-check-batch-42``."""
 
@@ -97,8 +125,9 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
     """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
     try:
         summary = await run_batch(task_type, **request)
-    except (StaleFence, LockLost) as exc:
-        # Another run owns the batch now; everything we would still write is fenced out.
+    except (StaleFence, LockLost, DatabaseUnavailable) as exc:
+        # Another run owns the batch now (everything we would still write is fenced out), or
+        # the database stayed down past the outage budget (the reaper and a resume finish it).
         get_run_logger().error("stopped: %s", exc)
         return Failed(message=f"stopped: {exc}")
     except BatchError as exc:
@@ -155,7 +184,10 @@ async def run_batch(
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "completed", None, "none", None
         else:
             status, reason, mode, flushed = await _process(batch_type, settings, tenant_id, opened, lease)
-            counts = close_batch(opened.batch_id, opened.fence, status, reason, task_type=task_type)
+            counts = await _patiently(
+                settings, opened.batch_id, "closing the batch",
+                lambda: close_batch(opened.batch_id, opened.fence, status, reason, task_type=task_type),
+            )
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
         counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
@@ -204,7 +236,7 @@ async def _process(
             await _feed(runtime, settings, token_store, chunked, limit)
         finally:
             watcher.cancel()
-            await mirror.close()
+            await mirror.close(patience_s=settings.db_outage_budget_s)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
     if mirror.stale:
@@ -264,37 +296,83 @@ async def _feed(
     # Enough chunks in flight to keep every slot of the limit busy, and no more.
     chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
     after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
-    while not runtime.stopped:
-        page = await asyncio.to_thread(
-            run_transaction, ctx.engine, lambda s: pending_items(s, ctx.batch_id, after, PAGE)
-        )
-        if not page:
-            break
-        after = page[-1][0]
-        if runtime.batch_type.uses_platform:
-            # In flight is at most one page's tail (the limit << PAGE), so the page before the
-            # previous one is done: drop its credentials to keep memory bounded.
-            if len(older_pages) == 2:
-                token_store.forget(older_pages.pop(0))
-            older_pages.append([i for i, _ in page])
-            await asyncio.to_thread(token_store.preload, older_pages[-1])
-        if chunked:
-            for start in range(0, len(page), settings.chunk_size):
-                part = page[start : start + settings.chunk_size]
-                await chunk_slots.acquire()
-                if runtime.stopped:
-                    chunk_slots.release()
+    try:
+        while not runtime.stopped:
+            try:
+                page = await _patiently(
+                    settings, ctx.batch_id, "reading pending items",
+                    lambda: run_transaction(ctx.engine, lambda s: pending_items(s, ctx.batch_id, after, PAGE)),
+                    blocking=True,
+                )
+            except DatabaseUnavailable:
+                runtime.stop(f"database unavailable for {settings.db_outage_budget_s:g}s")
+                break
+            if not page:
+                break
+            after = page[-1][0]
+            if runtime.batch_type.uses_platform:
+                # In flight is at most one page's tail (the limit << PAGE), so the page before the
+                # previous one is done: drop its credentials to keep memory bounded.
+                if len(older_pages) == 2:
+                    token_store.forget(older_pages.pop(0))
+                older_pages.append([i for i, _ in page])
+                ids = older_pages[-1]
+                try:
+                    await _patiently(settings, ctx.batch_id, "loading credentials",
+                                     lambda: token_store.preload(ids), blocking=True)
+                except DatabaseUnavailable:
+                    runtime.stop(f"database unavailable for {settings.db_outage_budget_s:g}s")
                     break
-                _spawn(in_flight, _run_chunk(runtime, part), chunk_slots)
-        else:
-            for item_id, item_data in page:
-                await runtime.limit.acquire()
-                if runtime.stopped:
-                    runtime.limit.release()
-                    break
-                _spawn(in_flight, _run_item(runtime, item_id, item_data), runtime.limit)
-    if in_flight:
-        await asyncio.gather(*in_flight, return_exceptions=True)
+            if chunked:
+                for start in range(0, len(page), settings.chunk_size):
+                    part = page[start : start + settings.chunk_size]
+                    await chunk_slots.acquire()
+                    if runtime.stopped:
+                        chunk_slots.release()
+                        break
+                    _spawn(in_flight, _run_chunk(runtime, part), chunk_slots)
+            else:
+                for item_id, item_data in page:
+                    await runtime.limit.acquire()
+                    if runtime.stopped:
+                        runtime.limit.release()
+                        break
+                    _spawn(in_flight, _run_item(runtime, item_id, item_data), runtime.limit)
+    except BaseException:
+        runtime.stop("internal error")  # start nothing new; the ones running finish below
+        raise
+    finally:
+        # Always wait for the items in flight: leaving them running would close the HTTP client
+        # under them and record them failed (found by tests/faults, on a database outage).
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _patiently(
+    settings: Settings, batch_id: int, what: str, fn: Callable[[], T], *, blocking: bool = False
+) -> T:
+    """``fn()`` (in a worker thread when ``blocking``), retried through a database outage.
+
+    ``run_transaction`` already retries a few times within ~2 s; this keeps going until the
+    outage has lasted ``db_outage_budget_s``, then raises DatabaseUnavailable. Other errors
+    propagate at once.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from db import is_retryable
+
+    first_failure: float | None = None
+    while True:
+        try:
+            return await asyncio.to_thread(fn) if blocking else fn()
+        except DBAPIError as exc:
+            if not is_retryable(exc):
+                raise
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if now - first_failure >= settings.db_outage_budget_s:
+                raise DatabaseUnavailable(batch_id, settings.db_outage_budget_s, what) from None
+            await asyncio.sleep(min(1.0, settings.db_outage_budget_s / 4))
 
 
 def _spawn(in_flight: set[asyncio.Task], coro, slot: asyncio.Semaphore) -> None:

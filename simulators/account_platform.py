@@ -464,16 +464,17 @@ class AccountPlatformApp:
 
     @staticmethod
     async def _trickle(send: Send, duration: float, interval: float) -> None:
-        """Headers at once, then one byte every ``interval`` (each read is quick, the whole is not)."""
+        """Headers at once, then the body in small pieces every ``interval`` for ``duration``
+        (each read is quick, the whole is not); the body is a valid answer in the end."""
         body = b'{"uid": "trickle", "status": "alive", "nickname": "slow", "avatar_url": null}'
-        count = max(1, min(len(body), int(duration / max(interval, 0.001))))
-        pad = b" " * max(0, count - len(body))
-        payload = pad + body
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        pieces = max(1, int(duration / max(interval, 0.001)))
+        size = -(-len(body) // pieces)
+        parts = [body[i : i + size] for i in range(0, len(body), size)]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for i in range(len(payload)):
-            await send({"type": "http.response.body", "body": payload[i : i + 1], "more_body": i < len(payload) - 1})
-            if i < len(payload) - 1:
+        for n, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": n < len(parts) - 1})
+            if n < len(parts) - 1:
                 await asyncio.sleep(interval)
 
     @staticmethod
