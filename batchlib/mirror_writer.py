@@ -57,6 +57,7 @@ class MirrorWriter:
         self._heartbeat_s = heartbeat_s
         self._buffer: list[tuple[float, ItemOutcome]] = []
         self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._closing = False
         self._last_write = time.monotonic()
         self.stats = FlushStats()
@@ -65,6 +66,7 @@ class MirrorWriter:
         self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
         self.error_since: float | None = None  # monotonic time of the first failed flush of this outage
         self.on_progress: Callable[[int], None] | None = None
+        self.on_stale: Callable[[], None] | None = None  # called at once when a flush finds the fence stale
 
     def add(self, outcome: ItemOutcome) -> None:
         self._buffer.append((time.monotonic(), outcome))
@@ -97,12 +99,15 @@ class MirrorWriter:
         """
         self._closing = True
         self._wake.set()
-        while self._buffer and not self.stale:
+        while not self.stale:
+            async with self._flush_lock:  # a periodic flush in progress may put its outcomes back
+                if not self._buffer:
+                    return
             await self._flush_safely()
-            if self.error is None or self.error_since is None:
-                break
-            if time.monotonic() - self.error_since >= patience_s:
-                break
+            if self.error is None:
+                continue
+            if self.error_since is None or time.monotonic() - self.error_since >= patience_s:
+                return
             await asyncio.sleep(min(0.5, self._interval))
 
     def flush_now(self) -> None:
@@ -112,17 +117,20 @@ class MirrorWriter:
             self._write_batch(batch)
 
     async def _flush_safely(self) -> None:
-        batch, self._buffer = self._buffer, []
-        try:
-            await asyncio.to_thread(self._write_batch, batch)
-        except StaleFence:
-            self.stale = True
-        except Exception as exc:  # database down past the retry budget
-            log.error("mirror flush of batch %s failed: %s", self.batch_id, type(exc).__name__)
-            self._buffer[:0] = batch  # keep them for the next try / the final flush
-            self.error = exc
-            if self.error_since is None:
-                self.error_since = time.monotonic()
+        async with self._flush_lock:  # one flush at a time: close() must see a failed one's outcomes
+            batch, self._buffer = self._buffer, []
+            try:
+                await asyncio.to_thread(self._write_batch, batch)
+            except StaleFence:
+                self.stale = True
+                if self.on_stale is not None:
+                    self.on_stale()
+            except Exception as exc:  # database down past the retry budget
+                log.error("mirror flush of batch %s failed: %s", self.batch_id, type(exc).__name__)
+                self._buffer[:0] = batch  # keep them for the next try / the final flush
+                self.error = exc
+                if self.error_since is None:
+                    self.error_since = time.monotonic()
 
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
         from db import run_transaction

@@ -225,6 +225,9 @@ async def _process(
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
         limit = settings.concurrency_for(tenant_id, batch_type.name)
         runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
+        # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
+        # woken from a pause made ~100 needless platform calls in tests/faults).
+        mirror.on_stale = lambda: runtime.stop("taken over by another run")
         register_runtime(runtime)
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))

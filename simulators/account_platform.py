@@ -77,7 +77,7 @@ class Knobs:
     retry_after_s: float = 1.0
     timeout_rate: float = 0.0
     hang_s: float = 15.0
-    trickle_s: float = 15.0  # scripted "trickle": a 200 whose body arrives one byte at a time, this long
+    trickle_s: float = 15.0  # scripted "trickle": a 200 whose body arrives in small pieces over this long
     trickle_interval_s: float = 0.5
     reset_rate: float = 0.0
     garbage_rate: float = 0.0

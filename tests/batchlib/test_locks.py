@@ -48,3 +48,13 @@ def test_lease_taken_by_another_owner_is_reported_lost(client, redis_prefix) -> 
     assert lease.lost
     lease.release()
     assert client.get(lease.key) == b"someone-else"  # release never deletes another owner's key
+
+
+def test_vanished_key_is_taken_again_not_lost(client, redis_prefix) -> None:
+    """A Redis restart without persistence drops the key: the renewer takes it again."""
+    with make(client, redis_prefix, ttl=0.6) as lease:
+        client.delete(lease.key)  # as after `redis-cli shutdown nosave` and a restart
+        time.sleep(0.6)
+        assert not lease.lost
+        assert client.pttl(lease.key) > 0
+    assert client.exists(lease.key) == 0

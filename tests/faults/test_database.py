@@ -1,0 +1,129 @@
+"""Database faults that leave the server up: killed idle connections, a connection killed inside
+a transaction, a commit whose acknowledgement is lost. (Server stops: test_zz_outages.py.)
+
+Two tenants x 1,000 accounts run side by side; every test checks I1-I3, I5, 1 platform call
+per item (no fault here touches the platform: "0 items called twice") and I7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pymysql
+import pytest
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+
+import db
+import db.retry
+from flows.account_check import account_check
+from tests.conftest import mysql_admin
+from tests.faults.conftest import FaultEnv, Repeater, kill_connections, run
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+TENANTS = {7: 1000, 8: 1000}
+
+
+async def both_tenants():
+    return await asyncio.gather(*(account_check(tenant_id=t, return_state=True) for t in TENANTS))
+
+
+def check_all(env: FaultEnv, states) -> None:
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    ids = env.batch_ids()
+    assert len(ids) == 2
+    for batch_id in ids:
+        env.assert_invariants(batch_id, expect_total=1000)
+        row = env.batch(batch_id)
+        assert (row["task_status"], row["success_count"]) == ("completed", 1000)
+    calls = env.assert_calls_per_item(1)  # 0 items called twice
+    assert len(calls) == 2000
+
+
+def test_idle_connections_killed_every_second(fault_env: FaultEnv, configure, leak_check) -> None:
+    """Another session KILLs every idle connection of the test database each second: >= 2 rounds
+    with kills, both batches complete, counters == recount, 0 items called twice, 0 tokens leaked."""
+    configure(concurrency=10)
+    fault_env.sim.configure(latency_ms=10)
+    fault_env.seed_canaries(TENANTS)
+    admin = mysql_admin()
+    try:
+        with Repeater(lambda: kill_connections(admin, fault_env.db_name, idle_only=True), 1.0) as killer:
+            states = run(both_tenants())
+    finally:
+        admin.close()
+
+    assert killer.rounds >= 2 and killer.total >= 2, (killer.rounds, killer.total)
+    check_all(fault_env, states)
+    leak_check(fault_env)
+
+
+def test_connection_killed_inside_a_transaction(fault_env: FaultEnv, leak_check, monkeypatch) -> None:
+    """The first 6 flushes have their connection KILLed right after the guarded detail UPDATE
+    (before the counter UPDATE and COMMIT): 6 kills, each transaction retried whole, counters ==
+    recount (the killed half was rolled back), 0 items called twice."""
+    fault_env.seed_canaries(TENANTS)
+    admin = mysql_admin()
+    kills = {"left": 6, "done": 0}
+    lock = threading.Lock()
+
+    @event.listens_for(fault_env.engine, "after_cursor_execute")
+    def kill_mid_transaction(conn, cursor, statement, params, context, executemany):
+        if not statement.startswith("UPDATE la_batch_task_detail SET status"):
+            return
+        with lock:
+            if kills["left"] <= 0:
+                return
+            kills["left"] -= 1
+        thread_id = conn.connection.dbapi_connection.thread_id()
+        with admin.cursor() as cur:
+            cur.execute(f"KILL {int(thread_id)}")
+        kills["done"] += 1
+
+    try:
+        states = run(both_tenants())
+    finally:
+        event.remove(fault_env.engine, "after_cursor_execute", kill_mid_transaction)
+        admin.close()
+
+    assert kills["done"] == 6
+    check_all(fault_env, states)
+    leak_check(fault_env)
+
+
+def test_commit_acknowledgement_lost(fault_env: FaultEnv, leak_check, monkeypatch, all_logs) -> None:
+    """After 5 record_outcomes transactions commit, a 2013 'lost connection' is raised in place of
+    the acknowledgement (db.retry.after_commit seam): 5 committed transactions are re-run,
+    0 items recorded twice (processed == 1,000 == recount per batch), 0 items called twice."""
+    fault_env.seed_canaries(TENANTS)
+    real_record = db.record_outcomes
+    lost = {"left": 5, "done": 0}
+    lock = threading.Lock()
+
+    def record(session, *args, **kwargs):
+        session.info["records"] = True
+        return real_record(session, *args, **kwargs)
+
+    def lose_ack(session) -> None:
+        if not session.info.pop("records", False):
+            return
+        with lock:
+            if lost["left"] <= 0:
+                return
+            lost["left"] -= 1
+            lost["done"] += 1
+        raise sa_exc.OperationalError(
+            "COMMIT", {}, pymysql.err.OperationalError(2013, "Lost connection to server during query")
+        )
+
+    monkeypatch.setattr(db, "record_outcomes", record)
+    monkeypatch.setattr(db.retry, "after_commit", lose_ack)
+
+    states = run(both_tenants())
+
+    assert lost["done"] == 5
+    assert all_logs.count("OperationalError 2013") >= 5  # run_transaction saw and retried each
+    check_all(fault_env, states)
+    leak_check(fault_env)

@@ -1,0 +1,207 @@
+"""Hostile input: flow parameters and admin-inserted rows, fuzzed with hypothesis.
+
+Every invalid request must be refused with a one-line reason a user can act on, write nothing
+(no la_batch_task / la_batch_run / detail row; an admin row is only marked failed with the
+reason) and call the platform 0 times. The fuzzing calls the validation layer the flows use
+(``BatchType.parse`` in a transaction, ``open_batch``/``describe_batch`` without Prefect);
+a handful of real flow runs check the same end to end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from batchlib.batch_types import batch_type_names, get_batch_type
+from batchlib.errors import InvalidInput, UnknownBatchType
+from batchlib.settings import get_settings
+from batchlib.seeding import import_accounts
+from db import run_transaction
+from flows.account_check import account_check
+from tasks.batch_steps import Refusal, describe_batch, open_batch
+from tests.faults.conftest import FaultEnv, run
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+TENANT, OTHER = 7, 8
+N = 20  # accounts per tenant
+OWN = [TENANT * 100000 + i for i in range(1, N + 1)]
+FOREIGN = [OTHER * 100000 + i for i in range(1, N + 1)]
+MAX = 100_000
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+bad_tenant = st.one_of(
+    st.integers(max_value=0), st.integers(min_value=2**31), st.just(99), st.just(2**31 - 1),
+    st.text(max_size=12).filter(lambda s: not s.strip().isdigit()), st.floats(allow_nan=True), st.none(),
+    st.booleans(), st.lists(st.integers(), max_size=2),
+)
+good_ids = st.lists(st.sampled_from(OWN), min_size=1, max_size=5, unique=True)
+bad_ids = st.one_of(
+    st.just([]),
+    good_ids.map(lambda ids: ids + ids[:1]),                                   # a duplicate
+    st.tuples(good_ids, st.sampled_from(FOREIGN)).map(lambda t: t[0] + [t[1]]),  # a foreign account
+    st.tuples(good_ids, st.integers(max_value=0)).map(lambda t: t[0] + [t[1]]),  # zero / negative
+    st.tuples(good_ids, st.integers(min_value=2**31)).map(lambda t: t[0] + [t[1]]),
+    st.tuples(good_ids, st.sampled_from([None, "x", "1e3", 1.5, [], {}, True])).map(lambda t: t[0] + [t[1]]),
+    st.sampled_from([7, "700001", {"a": 1}, None, 1.5]).map(lambda v: v),  # not a list (None: see below)
+)
+bad_request = st.one_of(
+    st.tuples(bad_tenant, st.one_of(st.none(), good_ids)),
+    st.tuples(st.just(TENANT), bad_ids.filter(lambda v: v is not None)),
+)
+
+
+def assert_nothing_written(env: FaultEnv) -> None:
+    counts = env.sql("SELECT (SELECT COUNT(*) FROM la_batch_task), (SELECT COUNT(*) FROM la_batch_run),"
+                     " (SELECT COUNT(*) FROM la_batch_task_detail)")[0]
+    assert tuple(counts) == (0, 0, 0)
+    assert env.sim.stats()["total"] == 0
+
+
+def assert_clear(message: str) -> None:
+    assert message and "\n" not in message and "Traceback" not in message and len(message) < 400, message
+
+
+@pytest.fixture
+def fuzz_env(fault_env: FaultEnv) -> FaultEnv:
+    fault_env.seed_canaries({TENANT: N, OTHER: N})
+    return fault_env
+
+
+def test_fuzzed_flow_parameters_are_refused(fuzz_env: FaultEnv) -> None:
+    """60 fuzzed (tenant, account_ids) requests, each invalid, plus 100,001 ids: parse raises an
+    InvalidInput with a one-line reason, open_batch refuses it, 0 rows written, 0 platform calls."""
+    account_check_type = get_batch_type("account_check")
+    settings_ = get_settings()
+
+    @FUZZ
+    @given(bad_request)
+    @example((TENANT, OWN[:1] * 0 + list(range(1, MAX + 2))))  # 100,001 ids
+    @example((TENANT, [OWN[0], OWN[0]]))
+    @example(("7; DROP TABLE la_batch_task", None))
+    def check(request) -> None:
+        tenant_id, ids = request
+        task_data = {} if ids is None else {"account_ids": ids}
+        with pytest.raises(InvalidInput) as caught:
+            run_transaction(fuzz_env.engine, lambda s: account_check_type.parse(s, tenant_id, task_data, settings_))
+        assert_clear(str(caught.value))
+        refusal = open_batch.fn("account_check", tenant_id, task_data, task_name="fuzz", create_admin_id=1,
+                                batch_id=None, flow_run_id=None)
+        assert isinstance(refusal, Refusal) and refusal.message == str(caught.value)
+        if isinstance(ids, list) and len(ids) > MAX:
+            assert refusal.message == f"too many items: {len(ids)} (at most {MAX} per batch)"
+        assert_nothing_written(fuzz_env)
+
+    check()
+
+
+@pytest.mark.parametrize("name", ["", "Account_Check", "account_check ", "pin-sync", "x" * 200, "__import__"])
+def test_unknown_batch_types_are_refused(fuzz_env: FaultEnv, name: str) -> None:
+    """An unknown type: UnknownBatchType naming the known types, open_batch refuses, 0 rows, 0 calls."""
+    with pytest.raises(UnknownBatchType) as caught:
+        get_batch_type(name)
+    assert all(t in str(caught.value) for t in batch_type_names())
+    refusal = open_batch.fn(name, TENANT, {}, task_name="fuzz", create_admin_id=1, batch_id=None, flow_run_id=None)
+    assert isinstance(refusal, Refusal) and refusal.kind == "UnknownBatchType"
+    assert_nothing_written(fuzz_env)
+
+
+admin_task_data = st.one_of(
+    bad_ids.filter(lambda v: v is not None).map(lambda ids: json.dumps({"account_ids": ids})),
+    # (100,001 ids cannot be inserted by the panel at all: task_data is TEXT, 64 KiB)
+    st.just(json.dumps({"account_ids": list(range(1, 9001))})),
+    st.text(max_size=30).filter(lambda t: not _is_json_object(t)),               # not JSON / not an object
+    st.sampled_from(["[1, 2]", "null", "42", '"text"', "{", '{"account_ids": "1,2"}']),
+)
+admin_tenant = st.one_of(st.integers(min_value=-(2**31), max_value=0), st.just(99), st.just(2**31 - 1),
+                         st.just(TENANT))
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def test_fuzzed_admin_rows_are_refused(fuzz_env: FaultEnv) -> None:
+    """60 fuzzed pending rows as the admin panel inserts them (bad tenant, bad or non-JSON task_data):
+    the run's first steps (describe_batch, open_batch) refuse each one; the row is either left
+    pending (unreadable task_data: the dispatcher fails it) or marked failed with a one-line
+    'invalid task_data: ...' reason; 0 detail rows, 0 platform calls. Runs with valid task_data
+    but a bad tenant are refused too."""
+
+    @FUZZ
+    @given(admin_tenant, admin_task_data)
+    def check(tenant_id: int, data: str) -> None:
+        if tenant_id == TENANT and _is_json_object(data) and json.loads(data) == {}:
+            return  # a valid request
+        batch_id = fuzz_env.insert_pending(tenant_id, "account_check", data)
+        try:
+            row = describe_batch.fn(batch_id, "account_check")
+            refusal = row if isinstance(row, Refusal) else open_batch.fn(
+                "account_check", row.tenant_id, row.task_data, task_name="panel", create_admin_id=1,
+                batch_id=batch_id, flow_run_id=None)
+            assert isinstance(refusal, Refusal), refusal
+            assert_clear(refusal.message)
+            status, error = fuzz_env.sql("SELECT task_status, error_message FROM la_batch_task WHERE id = :b",
+                                         b=batch_id)[0]
+            if status == "failed":
+                assert error.startswith("invalid task_data: "), error
+                assert_clear(error)
+            else:
+                assert status == "pending" and not _is_json_object(data), (status, data)
+            assert fuzz_env.sql("SELECT COUNT(*) FROM la_batch_task_detail")[0][0] == 0
+            assert fuzz_env.sim.stats()["total"] == 0
+        finally:
+            fuzz_env.sql("DELETE FROM la_batch_run WHERE task_id = :b", b=batch_id)
+            fuzz_env.sql("DELETE FROM la_batch_task WHERE id = :b", b=batch_id)
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"tenant_id": -1}, "rejected: tenant id must be between 1"),
+        ({"tenant_id": 2**31}, "rejected: tenant id must be between 1"),
+        ({"tenant_id": TENANT, "account_ids": list(range(1, 9001))}, "rejected: 9000 account id(s) are not active accounts of tenant 7"),
+        ({"tenant_id": TENANT, "account_ids": OWN[:3] + FOREIGN[:1]}, "rejected: 1 account id(s) are not active"),
+        ({"tenant_id": "abc"}, "Validation of flow parameters failed"),
+    ],
+    ids=["negative-tenant", "huge-tenant", "9000-unknown-ids", "foreign-account", "non-numeric-tenant"],
+)
+def test_real_flow_runs_refuse_bad_parameters(fuzz_env: FaultEnv, params: dict, message: str, leak_check) -> None:
+    """A real flow run per case: Failed with the reason, 0 rows written, 0 platform calls."""
+    state = run(account_check(**params, return_state=True))
+
+    assert state.is_failed() and message in (state.message or ""), state.message
+    assert_nothing_written(fuzz_env)
+    leak_check(fuzz_env)
+
+
+def test_valid_ids_too_many_to_store_are_refused(fuzz_env: FaultEnv) -> None:
+    """10,000 valid ids of one tenant (under max_items, but ~70 KB of task_data, more than the
+    panel's TEXT column holds): refused with a clear reason, 0 rows written, 0 platform calls."""
+    ids = import_accounts(fuzz_env.engine, [
+        {"uid": f"u9-{n:06d}", "tenant_id": 9, "access_token": "x", "refresh_token": "y"} for n in range(1, 10_001)
+    ])
+    refusal = open_batch.fn("account_check", 9, {"account_ids": ids}, task_name="big", create_admin_id=1,
+                            batch_id=None, flow_run_id=None)
+    assert isinstance(refusal, Refusal) and refusal.kind == "InvalidItems"
+    assert refusal.message.startswith("the request is too large to store: task_data is 70017 bytes")
+    assert_clear(refusal.message)
+    assert_nothing_written(fuzz_env)
+
+
+def test_100001_ids_as_flow_parameters_are_refused_by_prefect(fuzz_env: FaultEnv) -> None:
+    """100,001 ids as a real flow run's parameter: Prefect's API refuses to create the run
+    (parameters over 512 KiB, HTTP 422) before any of our code runs: 0 rows, 0 platform calls."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with pytest.raises(PrefectHTTPStatusError, match="Flow run parameters must be less than 524,288 bytes"):
+        run(account_check(tenant_id=TENANT, account_ids=list(range(1, MAX + 2)), return_state=True))
+    assert_nothing_written(fuzz_env)
