@@ -20,16 +20,19 @@ async def account_check(
     task_name: str | None = None,
     create_admin_id: int = 0,
     batch_id: int | None = None,
+    takeover: bool = False,
 ):
     """Check accounts of one tenant (all active ones unless ``account_ids`` is given).
 
     ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
-    failed/cancelled one: only items still pending are processed.
+    failed/cancelled one: only items still pending are processed. ``takeover`` also claims
+    a batch still marked running whose run is gone (its lease expired): the old owner is
+    fenced out.
     """
     task_data = {"account_ids": account_ids} if account_ids is not None else None
     return await run_batch_flow(
         TASK_TYPE, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
-        create_admin_id=create_admin_id, batch_id=batch_id,
+        create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
     )
 
 
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(account_check, {
         "tenant_id": args.tenant_id, "account_ids": args.account_ids, "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume,
+        "takeover": args.takeover,
     })
 
 

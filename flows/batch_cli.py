@@ -44,12 +44,22 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="claim or resume this batch id")
     parser.add_argument("--task-name", help="name shown in the admin panel")
     parser.add_argument("--admin-id", type=int, default=0, help="create_admin_id of a new batch")
+    parser.add_argument(
+        "--takeover", action="store_true",
+        help="with --resume: take over a batch still marked running whose run is gone (its lease expired); "
+        "the old owner is fenced out",
+    )
     return parser
 
 
 def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
     quiet_prefect()
-    state = asyncio.run(flow_fn(**parameters, return_state=True))
+    try:
+        state = asyncio.run(flow_fn(**parameters, return_state=True))
+    except Exception as exc:  # the run could not even start (API unreachable, parameters refused)
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        print(f"error: could not start the flow run: {type(exc).__name__}: {first_line}", file=sys.stderr)
+        return 2
     drain_ephemeral_api()
     message = state.message or state.type.value
     if state.is_completed():
@@ -92,5 +102,5 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
         parser.error("give --tenant-id with --items or --items-file, or --resume BATCH_ID")
     return run_cli(flow_fn, {
         "tenant_id": args.tenant_id, "items": _items_from_args(parser, args), "task_name": args.task_name,
-        "create_admin_id": args.admin_id, "batch_id": args.resume,
+        "create_admin_id": args.admin_id, "batch_id": args.resume, "takeover": args.takeover,
     })

@@ -91,18 +91,20 @@ def items_flow(name: str, task_type: str, item_doc: str):
         task_name: str | None = None,
         create_admin_id: int = 0,
         batch_id: int | None = None,
+        takeover: bool = False,
     ):
         task_data = {"items": items} if items is not None else None
         return await run_batch_flow(
             task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
-            create_admin_id=create_admin_id, batch_id=batch_id,
+            create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
         )
 
     run.__name__ = run.__qualname__ = task_type
     run.__doc__ = (
         f"``items``: {item_doc}, one per account of the tenant.\n\n"
         "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
-        "failed/cancelled one: only items still pending are processed."
+        "failed/cancelled one: only items still pending are processed. ``takeover`` also claims a\n"
+        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out."
     )
     return batch_flow(name)(run)
 

@@ -20,6 +20,7 @@ async def pin_sync(
     task_name: str | None = None,
     create_admin_id: int = 0,
     batch_id: int | None = None,
+    takeover: bool = False,
 ):
     """List the node's recursive pins, stat each one, and record them (one detail row per pin).
 
@@ -28,7 +29,7 @@ async def pin_sync(
     """
     return await run_batch_flow(
         TASK_TYPE, tenant_id=tenant_id, task_data=None, task_name=task_name,
-        create_admin_id=create_admin_id, batch_id=batch_id,
+        create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
     )
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(pin_sync, {
         "tenant_id": args.tenant_id, "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume,
+        "takeover": args.takeover,
     })
 
 

@@ -88,9 +88,8 @@ def test_two_starts_of_the_same_tenant_and_type_run_once(batch_env: BatchEnv, co
     assert len(batch_env.uid_calls()) == 60 and set(batch_env.uid_calls().values()) == {1}
 
 
-def test_resume_after_a_killed_run_calls_only_unfinished_items(batch_env: BatchEnv, configure) -> None:
-    batch_env.sim.configure(latency_ms=50)
-    ids = batch_env.seed({7: 200})
+def kill_a_run_midway(batch_env: BatchEnv, *, after: int) -> int:
+    """Start the CLI in a process of its own, SIGKILL it once ``after`` items are recorded."""
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "BATCH_CONCURRENCY": "5"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "flows.account_check", "--tenant-id", "7"],
@@ -100,7 +99,7 @@ def test_resume_after_a_killed_run_calls_only_unfinished_items(batch_env: BatchE
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             rows = batch_env.sql("SELECT id, processed_count FROM la_batch_task")
-            if rows and rows[0].processed_count >= 60:
+            if rows and rows[0].processed_count >= after:
                 break
             time.sleep(0.1)
         else:
@@ -108,14 +107,36 @@ def test_resume_after_a_killed_run_calls_only_unfinished_items(batch_env: BatchE
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-    batch_id = rows[0].id
+    # The dead run's lease expires by TTL; a real restart waits for it, the test clears it.
+    redis.Redis.from_url(os.environ["BATCH_REDIS_URL"]).delete(lease_key(batch_env.redis_prefix, 7, "account_check"))
+    return rows[0].id
+
+
+def test_takeover_claims_a_batch_its_dead_run_left_running(batch_env: BatchEnv) -> None:
+    batch_env.sim.configure(latency_ms=50)
+    batch_env.seed({7: 120})
+    batch_id = kill_a_run_midway(batch_env, after=30)
+    fence = batch_env.sql("SELECT fence FROM la_batch_run WHERE task_id = :b", b=batch_id)[0].fence
+
+    refused = run(account_check(batch_id=batch_id, return_state=True))
+    taken = run(account_check(batch_id=batch_id, takeover=True, return_state=True))
+
+    assert refused.is_failed() and "is running and cannot be started" in refused.message
+    assert taken.is_completed(), taken.message
+    assert batch_env.sql("SELECT fence FROM la_batch_run WHERE task_id = :b", b=batch_id)[0].fence == fence + 1
+    assert batch_env.batch(batch_id)["processed_count"] == 120
+    batch_env.assert_consistent(batch_id)
+
+
+def test_resume_after_a_killed_run_calls_only_unfinished_items(batch_env: BatchEnv, configure) -> None:
+    batch_env.sim.configure(latency_ms=50)
+    ids = batch_env.seed({7: 200})
+    batch_id = kill_a_run_midway(batch_env, after=60)
     assert batch_env.batch(batch_id)["task_status"] == "running"  # the dead run left it so
     done_before = {r.item_id for r in batch_env.sql(
         "SELECT item_id FROM la_batch_task_detail WHERE task_id = :b AND status <> 'pending'", b=batch_id)}
     fence = batch_env.sql("SELECT fence FROM la_batch_run WHERE task_id = :b", b=batch_id)[0].fence
     assert run_transaction(batch_env.engine, lambda s: mark_failed_unowned(s, batch_id, fence, "worker died"))
-    # The dead run's lease expires by TTL; a real restart waits for it, the test clears it.
-    redis.Redis.from_url(os.environ["BATCH_REDIS_URL"]).delete(lease_key(batch_env.redis_prefix, 7, "account_check"))
 
     state = run(account_check(batch_id=batch_id, return_state=True))
 
