@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from prefect import task
+from sqlalchemy.exc import InterfaceError, OperationalError
 from prefect.cache_policies import NO_CACHE
 
 from batchlib.batch_types import get_batch_type
@@ -58,8 +59,15 @@ def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
             return fn(*args, **kwargs)
         except BatchError as exc:
             return Refusal(type(exc).__name__, str(exc))
+        except (OperationalError, InterfaceError) as exc:  # still unreachable after run_transaction's retries
+            return Refusal("DatabaseUnavailable", f"the mirror database is unreachable ({_db_error(exc)}); try again later")
 
     return wrapper
+
+
+def _db_error(exc: Exception) -> str:
+    code = getattr(getattr(exc, "orig", None), "args", [None])[0]
+    return f"{type(exc).__name__} {code}" if isinstance(code, int) else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)

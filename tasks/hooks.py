@@ -22,12 +22,20 @@ def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> li
 
     engine = get_engine(get_settings().database_url.get_secret_value())
     closed = []
-    for batch_id, fence, _ in run_transaction(engine, lambda s: running_batches(s, flow_run_id)):
+    try:
+        owned = run_transaction(engine, lambda s: running_batches(s, flow_run_id))
+    except Exception as exc:  # the mirror is unreachable: the reaper closes them later
+        log.warning("could not look up the batches of flow run %s (%s); the reaper will close them",
+                    flow_run_id, type(exc).__name__)
+        return closed
+    for batch_id, fence, _ in owned:
         try:
             run_transaction(engine, lambda s: finish_batch(s, batch_id, fence, status, reason))
             closed.append(batch_id)
         except BatchError as exc:  # fenced out or already closed: not ours any more
             log.info("batch %s not closed by hook: %s", batch_id, exc)
+        except Exception as exc:  # the mirror went away meanwhile: the reaper closes it later
+            log.warning("batch %s not closed by hook (%s); the reaper will", batch_id, type(exc).__name__)
     return closed
 
 
