@@ -7,11 +7,14 @@ GCL acquire/release alone; each item inside a GCL slot; each item a plain task r
 asyncio semaphore; each item a task run with a tag that has a 50-slot tag concurrency limit.
 Figures in docs/concurrency.md.
 """
-import asyncio, time, os, sys
+import asyncio
+import sys
+import time
+
 from prefect import flow, task
-from prefect.concurrency.asyncio import concurrency
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import concurrency
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 

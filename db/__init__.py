@@ -40,8 +40,8 @@ from db.mirror import (
     get_batch,
     heartbeat,
     pending_items,
-    recount,
     record_outcomes,
+    recount,
     set_total,
 )
 from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog, IpfsPin
@@ -55,6 +55,7 @@ __all__ = [
     "create_batch", "claim_batch", "check_fence", "heartbeat", "add_details", "set_total",
     "pending_items", "record_outcomes", "finish_batch", "recount", "counters", "get_batch",
     "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
+    "running_batches", "load_credentials_many",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
     "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests",

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from db import statuses as st

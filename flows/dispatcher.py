@@ -27,7 +27,13 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 
 from tasks.maintenance import (
-    dispatch_notes_for, fail_row, flow_run_ending, pending_rows, restart_batch_run, row_problem, start_batch_run,
+    dispatch_notes_for,
+    fail_row,
+    flow_run_ending,
+    pending_rows,
+    restart_batch_run,
+    row_problem,
+    start_batch_run,
 )
 
 __all__ = ["DEPLOYMENTS", "deployment_for", "dispatcher", "dispatch_once"]

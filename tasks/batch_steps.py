@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from prefect import task
-from sqlalchemy.exc import InterfaceError, OperationalError
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchlib.batch_types import get_batch_type
 from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> list[int]:
-    from db import finish_batch, get_engine, run_transaction, running_batches
     from batchlib.settings import get_settings
+    from db import finish_batch, get_engine, run_transaction, running_batches
 
     engine = get_engine(get_settings().database_url.get_secret_value())
     closed = []

@@ -75,3 +75,12 @@ def prefect_server():
 
     with PrefectServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server):
+    """Flows in this process report to the session's real Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        yield

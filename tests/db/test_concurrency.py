@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from batchlib.outcomes import ItemOutcome
-from db import claim_batch, counters, recount, record_outcomes, run_transaction
+from db import claim_batch, counters, record_outcomes, recount, run_transaction
 from tests.db.helpers import detail_rows, new_batch, started_batch
 
 N_ITEMS = 400

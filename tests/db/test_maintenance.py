@@ -15,8 +15,8 @@ from db import (
     mark_failed_unowned,
     pending_batches,
     prune_finished,
-    recount,
     record_outcomes,
+    recount,
     run_transaction,
 )
 from db._util import DETAIL, RUN, TASK

@@ -21,8 +21,8 @@ from db import (
     get_batch,
     heartbeat,
     pending_items,
-    recount,
     record_outcomes,
+    recount,
     run_transaction,
     set_total,
 )

@@ -6,8 +6,16 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from db import (
-    Account, IpfsPin, failed_items, log_friend_requests, mark_pins_removed, record_pins, remove_unseen_pins,
-    sent_today_for_batch, set_profiles, upsert_accounts,
+    Account,
+    IpfsPin,
+    failed_items,
+    log_friend_requests,
+    mark_pins_removed,
+    record_pins,
+    remove_unseen_pins,
+    sent_today_for_batch,
+    set_profiles,
+    upsert_accounts,
 )
 from tests.db.helpers import started_batch
 

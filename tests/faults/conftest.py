@@ -34,7 +34,7 @@ from db import get_engine, upgrade
 from simulators.account_platform import PlatformSimulator
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, REDIS_URL, mysql_admin
 from tests.db.conftest import mysql_engine  # noqa: F401  (fixture re-export)
-from tests.flows.conftest import BatchEnv, _configure, prefect_api  # noqa: F401  (fixture re-export)
+from tests.flows.conftest import BatchEnv, _configure
 from tests.prefect_server import PG_URL, free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,15 +15,29 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 from batchlib.errors import StaleFence
 from batchlib.outcomes import ItemOutcome
 from db import (
-    add_details, claim_batch, counters, create_batch, mark_failed_unowned, recount, record_outcomes,
-    run_transaction, set_total,
+    add_details,
+    claim_batch,
+    counters,
+    create_batch,
+    mark_failed_unowned,
+    record_outcomes,
+    recount,
+    run_transaction,
+    set_total,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

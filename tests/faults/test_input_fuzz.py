@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from batchlib.batch_types import batch_type_names, get_batch_type
 from batchlib.errors import InvalidInput, UnknownBatchType
-from batchlib.settings import get_settings
 from batchlib.seeding import import_accounts
+from batchlib.settings import get_settings
 from db import run_transaction
 from flows.account_check import account_check
 from tasks.batch_steps import Refusal, describe_batch, open_batch

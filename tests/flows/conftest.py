@@ -6,9 +6,9 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import Engine, text
 
 from batchlib.seeding import account_id_for, import_accounts
@@ -16,12 +16,8 @@ from batchlib.settings import get_settings
 from db import counters, get_engine, recount, run_transaction, upgrade
 from simulators.account_platform import PlatformSimulator
 
-
-@pytest.fixture(scope="session")
-def prefect_api(prefect_server) -> Iterator[None]:
-    """Flows in this process report to the session's real Prefect server."""
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        yield
+if TYPE_CHECKING:
+    from simulators.kubo import KuboSimulator
 
 
 @dataclass

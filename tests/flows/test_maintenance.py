@@ -21,7 +21,6 @@ from flows.prune import prune
 from flows.reaper import reaper
 from tasks.maintenance import PendingRow, row_problem
 
-
 # -- pure ------------------------------------------------------------------------------
 
 
