@@ -131,7 +131,7 @@ def open_batch(
     is raised. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns;
     when collecting failed (``collect_error``), the valid request is recorded as a ``failed``
     batch with that reason and no detail rows (a resume collects again).
-    Detail rows are inserted in chunks, each its own short transaction.
+    Detail rows are inserted in one transaction (multi-row INSERTs), so they are all there or none.
     """
     from db import add_details, claim_batch, create_batch, recount, set_total
 
@@ -169,12 +169,17 @@ def open_batch(
     if collect_error is not None and not resuming:
         _finish(task_type, claimed.batch_id, claimed.fence, "failed", collect_error)
         return OpenedBatch(claimed.batch_id, claimed.fence, 0, 0, resuming, collect_error)
-    if items is not None:
-        step = settings.detail_insert_chunk
-        for start in range(0, len(items), step):
-            part = items[start : start + step]
-            _tx(lambda s: add_details(s, claimed.batch_id, claimed.fence, part))
-    counts = _tx(lambda s: (set_total(s, claimed.batch_id, claimed.fence), recount(s, claimed.batch_id))[1])
+    step = settings.detail_insert_chunk
+
+    def details(session):
+        # One transaction for all of them (multi-row INSERTs of `step` rows): a run that dies
+        # midway leaves none, so a resume, which trusts existing details, never misses items.
+        for start in range(0, len(items or ()), step):
+            add_details(session, claimed.batch_id, claimed.fence, items[start : start + step])
+        set_total(session, claimed.batch_id, claimed.fence)
+        return recount(session, claimed.batch_id)
+
+    counts = _tx(details)
     if counts.pending == 0:
         # Nothing left to do (a resume of a batch whose items all finished): close it now.
         _finish(task_type, claimed.batch_id, claimed.fence, "completed")
