@@ -12,7 +12,7 @@ import threading
 
 import pymysql
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 
 import db
@@ -69,9 +69,13 @@ def test_connection_killed_inside_a_transaction(fault_env: FaultEnv, leak_check,
     kills = {"left": 6, "done": 0}
     lock = threading.Lock()
 
-    @event.listens_for(fault_env.engine, "after_cursor_execute")
+    database = fault_env.engine.url.database
+
+    # Listen on every Engine (filtered to this test's database), not on one engine object:
+    # whichever engine instance the runner gets for this URL, its flushes are seen.
+    @event.listens_for(Engine, "after_cursor_execute")
     def kill_mid_transaction(conn, cursor, statement, params, context, executemany):
-        if not statement.startswith("UPDATE la_batch_task_detail SET status"):
+        if conn.engine.url.database != database or not statement.startswith("UPDATE la_batch_task_detail SET status"):
             return
         with lock:
             if kills["left"] <= 0:
@@ -85,7 +89,7 @@ def test_connection_killed_inside_a_transaction(fault_env: FaultEnv, leak_check,
     try:
         states = run(both_tenants())
     finally:
-        event.remove(fault_env.engine, "after_cursor_execute", kill_mid_transaction)
+        event.remove(Engine, "after_cursor_execute", kill_mid_transaction)
         admin.close()
 
     assert kills["done"] == 6
