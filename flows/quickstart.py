@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=30, help="simulated platform latency")
     args = parser.parse_args(argv)
 
+    from sqlalchemy import bindparam
+
     from batchlib.seeding import import_accounts
     from batchlib.settings import get_settings
     from db import get_engine, upgrade
@@ -67,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         engine = get_engine(url)
         sim.seed({t: args.accounts for t in TENANTS}, banned_fraction=0.1, restricted_fraction=0.05)
-        import_accounts(engine, sim.accounts())
         from sqlalchemy import text
+
+        with engine.begin() as conn:  # a re-run starts from this run's simulated accounts only
+            conn.execute(text("DELETE FROM la_alt_account WHERE tenant_id IN :t").bindparams(
+                bindparam("t", expanding=True)), {"t": list(TENANTS)})
+        import_accounts(engine, sim.accounts())
 
         with engine.connect() as conn:
             first_id = (conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM la_batch_task")).scalar() or 0) + 1
