@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -64,6 +65,22 @@ class BatchEnv:
             assert actual.pending == 0 or status == "failed"
         if status == "completed":
             assert actual.pending == 0
+
+    def cancel_from_panel(self, flow_call, *, after: int = 10):
+        """Run ``flow_call`` (a coroutine); once ``after`` items are recorded, set the row to
+        ``cancelled`` as the admin panel does. Returns (batch id, final flow state)."""
+
+        async def run():
+            flow = asyncio.create_task(flow_call)
+            while True:
+                await asyncio.sleep(0.1)
+                rows = self.sql("SELECT id, processed_count FROM la_batch_task")
+                if rows and rows[0].processed_count >= after:
+                    break
+            self.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=rows[0].id)
+            return rows[0].id, await flow
+
+        return asyncio.run(run())
 
     def insert_pending(self, tenant_id: int, task_type: str, task_data: dict | str) -> int:
         """A pending row inserted the way the admin panel does it."""

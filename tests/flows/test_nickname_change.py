@@ -110,17 +110,7 @@ def test_cancel_then_resume_applies_each_item_once(batch_env: BatchEnv, configur
     batch_env.seed({7: 120})
     items = [{"account_id": 700000 + i, "nickname": f"n{i}"} for i in range(1, 121)]
 
-    async def cancel_when_started():
-        flow = asyncio.create_task(nickname_change(tenant_id=7, items=items, return_state=True))
-        while True:
-            await asyncio.sleep(0.1)
-            rows = batch_env.sql("SELECT id, processed_count FROM la_batch_task")
-            if rows and rows[0].processed_count >= 10:
-                break
-        batch_env.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=rows[0].id)
-        return rows[0].id, await flow
-
-    batch_id, state = run(cancel_when_started())
+    batch_id, state = batch_env.cancel_from_panel(nickname_change(tenant_id=7, items=items, return_state=True), after=10)
     assert state.is_cancelled(), state.message
     batch_env.assert_consistent(batch_id)
     done_before = {i for i, (s, _, _) in items_of(batch_env, batch_id).items() if s != "pending"}

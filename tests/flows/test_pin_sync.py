@@ -138,17 +138,7 @@ def test_cancel_then_resume_stats_each_pin_once(batch_env: BatchEnv, kubo: KuboS
     kubo.configure(pins=300, latency_ms=30)
     old_pin(batch_env, "bafyoldpinnolongeronthenode")
 
-    async def cancel_when_started():
-        flow = asyncio.create_task(pin_sync(tenant_id=7, return_state=True))
-        while True:
-            await asyncio.sleep(0.1)
-            rows = batch_env.sql("SELECT id, processed_count FROM la_batch_task")
-            if rows and rows[0].processed_count >= 20:
-                break
-        batch_env.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=rows[0].id)
-        return rows[0].id, await flow
-
-    batch_id, state = run(cancel_when_started())
+    batch_id, state = batch_env.cancel_from_panel(pin_sync(tenant_id=7, return_state=True), after=20)
     assert state.is_cancelled(), state.message
     batch_env.assert_consistent(batch_id)
     assert pins(batch_env)["bafyoldpinnolongeronthenode"][0] == "present"  # incomplete: nothing removed
