@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -84,3 +85,19 @@ def prefect_api(prefect_server):
 
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         yield
+
+
+@pytest.fixture(scope="module")
+def module_sim():
+    """One platform simulator per test module (tests reseed and reset it)."""
+    from simulators.account_platform import PlatformSimulator
+
+    with PlatformSimulator() as sim:
+        yield sim
+
+
+def settle(sim, timeout: float = 5.0) -> None:
+    """Wait for calls still hanging from an earlier test, so they do not land in this one's log."""
+    deadline = time.monotonic() + timeout
+    while sim.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.02)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -13,22 +13,10 @@ import pytest
 from batchlib.errors import BadPlatformResponse, PlatformError, PlatformRejected, TokenRefreshFailed
 from batchlib.platform_client import InMemoryTokenStore, PlatformClient
 from simulators.account_platform import Knobs, PlatformSimulator
+from tests.conftest import settle
 
 TENANT = 7
 ACCOUNTS = 120
-
-
-@pytest.fixture(scope="module")
-def module_sim() -> Iterator[PlatformSimulator]:
-    with PlatformSimulator() as sim:
-        yield sim
-
-
-def settle(sim: PlatformSimulator, timeout: float = 5.0) -> None:
-    """Wait for calls still hanging from an earlier test, so they do not land in this one's log."""
-    deadline = time.monotonic() + timeout
-    while sim.stats()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -91,6 +91,18 @@ class FaultEnv(BatchEnv):
             assert len(self.details(batch_id)) == expect_total
         assert not redis.Redis.from_url(self.redis_url).keys(f"{self.redis_prefix}*")  # I5: lease gone
 
+    def assert_all_complete(self, states, *, batches: int = 2, items: int = 1000) -> None:
+        """Every run completed; ``batches`` batches of ``items`` each, all successes, invariants
+        hold; 0 items called twice."""
+        assert all(s.is_completed() for s in states), [s.message for s in states]
+        ids = self.batch_ids()
+        assert len(ids) == batches
+        for batch_id in ids:
+            self.assert_invariants(batch_id, expect_total=items)
+            row = self.batch(batch_id)
+            assert (row["task_status"], row["success_count"]) == ("completed", items)
+        assert len(self.assert_calls_per_item(1)) == batches * items
+
     def assert_calls_per_item(self, limit: int) -> dict[int, int]:
         """I6: GET /v1/me per account never above ``limit``; returns the counts."""
         calls = self.uid_calls()

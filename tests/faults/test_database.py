@@ -30,18 +30,6 @@ async def both_tenants():
     return await asyncio.gather(*(account_check(tenant_id=t, return_state=True) for t in TENANTS))
 
 
-def check_all(env: FaultEnv, states) -> None:
-    assert all(s.is_completed() for s in states), [s.message for s in states]
-    ids = env.batch_ids()
-    assert len(ids) == 2
-    for batch_id in ids:
-        env.assert_invariants(batch_id, expect_total=1000)
-        row = env.batch(batch_id)
-        assert (row["task_status"], row["success_count"]) == ("completed", 1000)
-    calls = env.assert_calls_per_item(1)  # 0 items called twice
-    assert len(calls) == 2000
-
-
 def test_idle_connections_killed_every_second(fault_env: FaultEnv, configure, leak_check) -> None:
     """Another session KILLs every idle connection of the test database each second: >= 2 rounds
     with kills, both batches complete, counters == recount, 0 items called twice, 0 tokens leaked."""
@@ -56,7 +44,7 @@ def test_idle_connections_killed_every_second(fault_env: FaultEnv, configure, le
         admin.close()
 
     assert killer.rounds >= 2 and killer.total >= 2, (killer.rounds, killer.total)
-    check_all(fault_env, states)
+    fault_env.assert_all_complete(states)
     leak_check(fault_env)
 
 
@@ -93,7 +81,7 @@ def test_connection_killed_inside_a_transaction(fault_env: FaultEnv, leak_check,
         admin.close()
 
     assert kills["done"] == 6
-    check_all(fault_env, states)
+    fault_env.assert_all_complete(states)
     leak_check(fault_env)
 
 
@@ -129,5 +117,5 @@ def test_commit_acknowledgement_lost(fault_env: FaultEnv, leak_check, monkeypatc
 
     assert lost["done"] == 5
     assert all_logs.count("OperationalError 2013") >= 5  # run_transaction saw and retried each
-    check_all(fault_env, states)
+    fault_env.assert_all_complete(states)
     leak_check(fault_env)

@@ -63,11 +63,7 @@ def test_mariadb_stopped_10s_mid_batch(outage_env: FaultEnv, private_mariadb: Pr
         private_mariadb.ensure_up()
 
     assert down["for"] >= 10
-    assert all(s.is_completed() for s in states), [s.message for s in states]
-    for batch_id in outage_env.batch_ids():
-        outage_env.assert_invariants(batch_id, expect_total=1000)
-        assert outage_env.batch(batch_id)["success_count"] == 1000
-    assert len(outage_env.assert_calls_per_item(1)) == 2000
+    outage_env.assert_all_complete(states)
     leak_check(outage_env)
 
 
@@ -113,10 +109,7 @@ def test_lock_wait_timeouts_are_retried(outage_env: FaultEnv, private_mariadb: P
 
     assert held["rows"] == 2
     assert all_logs.count("OperationalError 1205") >= 1
-    assert all(s.is_completed() for s in states), [s.message for s in states]
-    for batch_id in outage_env.batch_ids():
-        outage_env.assert_invariants(batch_id, expect_total=1000)
-    assert len(outage_env.assert_calls_per_item(1)) == 2000
+    outage_env.assert_all_complete(states)
     leak_check(outage_env)
 
 
@@ -206,10 +199,7 @@ def test_redis_restarted_mid_batch_without_persistence(outage_env: FaultEnv, pri
     states = run(scenario())
 
     assert restarted.is_set()
-    assert all(s.is_completed() for s in states), [s.message for s in states]
-    for batch_id in outage_env.batch_ids():
-        outage_env.assert_invariants(batch_id, expect_total=1000)
-    assert len(outage_env.assert_calls_per_item(1)) == 2000
+    outage_env.assert_all_complete(states)
     leak_check(outage_env)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,19 +9,7 @@ import httpx
 import pytest
 
 from simulators.account_platform import Knobs, PlatformSimulator, make_token
-
-
-@pytest.fixture(scope="module")
-def module_sim() -> Iterator[PlatformSimulator]:
-    with PlatformSimulator() as sim:
-        yield sim
-
-
-def settle(sim: PlatformSimulator, timeout: float = 5.0) -> None:
-    """Wait for calls still hanging from an earlier test, so they do not land in this one's log."""
-    deadline = time.monotonic() + timeout
-    while sim.stats()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+from tests.conftest import settle
 
 
 @pytest.fixture
