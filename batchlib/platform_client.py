@@ -11,7 +11,7 @@ What each answer leads to::
     429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
     5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
     (a timeout: no byte for ``read_timeout``, or the body not complete ``body_timeout`` after
-    the headers: a trickling server resets httpx's per-read timeout with every byte)
+    the headers: a trickling server resets a per-read timeout with every byte)
     other 4xx                                    -> PlatformRejected(<error code>), not retried
 
 Request budget of one call: 1 + ``max_retries`` sends (shared by the call and a refresh it
@@ -19,8 +19,9 @@ leads), plus at most one refresh request and one re-send after it: never more th
 ``max_requests_per_call``. ``attempts`` counts every request sent.
 
 Tokens travel only in the ``Authorization`` header and the refresh body; they never
-appear in URLs, log records or exception text, and exceptions are raised without
-chaining the httpx error (whose request object holds the headers).
+appear in URLs, log records or exception text: the wire (``batchlib.http_wire``) turns
+transport failures into short reasons and keeps no exception, whose request object
+would hold the headers.
 
 One client belongs to the event loop it is first used in (its connection pool and
 per-account locks are bound to it): create one per loop, use it as ``async with``.
@@ -29,19 +30,14 @@ per-account locks are bound to it): create one per loop, use it as ``async with`
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-import math
 import random
 import re
-import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-import httpx
 
 from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.errors import (
@@ -51,8 +47,11 @@ from batchlib.errors import (
     RateLimited,
     TokenRefreshFailed,
 )
+from batchlib.http_wire import AiohttpWire, HttpxWire, Limits, Reply, Wire
 
 if TYPE_CHECKING:
+    import httpx
+
     from batchlib.settings import Settings
 
 __all__ = [
@@ -132,13 +131,6 @@ class AccountState:
 
 
 @dataclass(slots=True)
-class _Reply:
-    status: int
-    headers: httpx.Headers
-    body: bytes | None  # None: larger than max_body_bytes
-
-
-@dataclass(slots=True)
 class _Budget:
     """Retries spent by one logical call (its refresh included)."""
 
@@ -147,9 +139,10 @@ class _Budget:
 
 
 class PlatformClient:
-    """One long-lived httpx client for the platform; methods take our ``account_id``.
+    """One long-lived HTTP client for the platform; methods take our ``account_id``.
 
-    ``transport`` replaces the network (tests pass ``httpx.MockTransport``); ``sleep`` and
+    Requests go over aiohttp (``AiohttpWire``); ``transport`` switches to an httpx transport
+    instead (tests pass ``httpx.MockTransport``); ``sleep`` and
     ``rng`` are hooks for tests (record the waits, fix the jitter).
     """
 
@@ -172,7 +165,6 @@ class PlatformClient:
         rng: random.Random | None = None,
     ) -> None:
         self._store = token_store
-        self.body_timeout = body_timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -180,12 +172,9 @@ class PlatformClient:
         self.max_body_bytes = max_body_bytes
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            transport=transport or _ShardedTransport(max_connections),
-            # Waiting for a free pooled connection is not a platform failure: no pool timeout.
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
-            headers={"Accept": "application/json", "User-Agent": "batchlib-platform-client"},
+        limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections)
+        self._wire: Wire = (
+            AiohttpWire(base_url, limits) if transport is None else HttpxWire(base_url, limits, transport)
         )
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._refused: dict[int, int] = {}  # account_id -> credentials version whose refresh was refused
@@ -219,7 +208,7 @@ class PlatformClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._wire.aclose()
 
     # -- platform operations ------------------------------------------------------
     async def get_me(self, account_id: int) -> AccountState:
@@ -330,34 +319,15 @@ class PlatformClient:
             logger.debug("%s %s: %s; retry %d in %.2fs", method, path, reason, budget.retries, delay)
             await self._sleep(delay)
 
-    async def _send(self, method: str, path: str, token: str | None, body: dict[str, Any] | None) -> _Reply | str:
+    async def _send(self, method: str, path: str, token: str | None, body: dict[str, Any] | None) -> Reply | str:
         """One HTTP request; the reply (body None when over the cap) or a transport failure reason."""
         self.attempts += 1
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
-        content = json.dumps(body).encode() if body is not None else None
-        if content is not None:
-            headers = {**(headers or {}), "Content-Type": "application/json"}
-        try:
-            async with self._http.stream(method, path, headers=headers, content=content) as response:
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.max_body_bytes:
-                    return _Reply(response.status_code, response.headers, None)
-                buffer = bytearray()
-                # Not the whole request: waiting for a free connection is not the platform's fault.
-                async with asyncio.timeout(self.body_timeout):
-                    async for chunk in response.aiter_bytes():
-                        buffer += chunk
-                        if len(buffer) > self.max_body_bytes:
-                            return _Reply(response.status_code, response.headers, None)
-                return _Reply(response.status_code, response.headers, bytes(buffer))
-        except httpx.TimeoutException as exc:
-            return f"timeout ({type(exc).__name__})"
-        except TimeoutError:  # asyncio.timeout: the body trickled in for too long
-            return "timeout (BodyTimeout)"
-        except httpx.DecodingError:
-            return "undecodable response body"
-        except httpx.TransportError as exc:
-            return f"connection error ({type(exc).__name__})"
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        return await self._wire.send(method, path, headers, content)
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -365,73 +335,6 @@ class PlatformClient:
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("this PlatformClient belongs to another event loop; create one client per loop")
-
-
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """``max_connections`` spread over many tiny connection pools, behind one FIFO gate.
-
-    httpcore's pool matches every queued request against every connection whenever one
-    changes state (quadratic): a single pool of 500 connections under 500 concurrent
-    requests burns seconds of CPU per burst. Here a semaphore admits at most
-    ``max_connections`` requests in order, and each goes to the least busy pool of
-    ``SHARD_SIZE`` connections, which therefore always has a free one.
-    """
-
-    SHARD_SIZE = 2
-
-    def __init__(self, max_connections: int) -> None:
-        count = max(1, math.ceil(max_connections / self.SHARD_SIZE))
-        limits = httpx.Limits(max_connections=self.SHARD_SIZE, max_keepalive_connections=self.SHARD_SIZE)
-        verify = _ssl_context()  # one context for all pools: building one costs ~20 ms
-        self._shards = [httpx.AsyncHTTPTransport(limits=limits, verify=verify) for _ in range(count)]
-        self._busy = [0] * count
-        self._gate = asyncio.Semaphore(max_connections)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._gate.acquire()
-        index = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[index] += 1
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            self._release(index)
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        stream = _ReleasingStream(response.stream, lambda: self._release(index))
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
-        )
-
-    def _release(self, index: int) -> None:
-        self._busy[index] -= 1
-        self._gate.release()
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    return httpx.create_ssl_context()
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that reports once when it is closed (its connection is free again)."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
-        await self._stream.aclose()
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

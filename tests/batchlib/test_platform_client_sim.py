@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from batchlib.errors import BadPlatformResponse, PlatformError, PlatformRejected, TokenRefreshFailed
-from batchlib.platform_client import InMemoryTokenStore, PlatformClient
+from batchlib.platform_client import AccountState, InMemoryTokenStore, PlatformClient
 from simulators.account_platform import Knobs, PlatformSimulator
 from tests.conftest import settle
 
@@ -67,9 +67,8 @@ class World:
 
 
 def pool_is_idle(client: PlatformClient) -> bool:
-    """Every admitted request released its connection slot (also after resets and abandoned bodies)."""
-    transport = client._http._transport  # noqa: SLF001 - white-box check of the sharded pool
-    return sum(transport._busy) == 0 and transport._gate._value == 200  # noqa: SLF001
+    """Every request released its pooled connection (also after resets and abandoned bodies)."""
+    return client._wire.idle  # noqa: SLF001 - white-box check of the connection pool
 
 
 @pytest.fixture
@@ -129,10 +128,15 @@ def test_5xx_resets_garbage_and_timeouts_are_recovered(world: World) -> None:
     uid = world.uid[account_id]
     world.sim.configure(hang_s=0.5)
     world.sim.script(uid, 500, "reset", "hang")
-    state, client = world.run(lambda c: c.get_me(account_id), max_retries=3, read_timeout=0.2)
+
+    async def get_me(c: PlatformClient) -> AccountState:
+        state = await c.get_me(account_id)
+        assert pool_is_idle(c)
+        return state
+
+    state, client = world.run(get_me, max_retries=3, read_timeout=0.2)
     assert state.uid == uid
     assert client.attempts == 4 <= 1 + client.max_retries
-    assert pool_is_idle(client)
     world.sim.script(uid, "garbage", 503)
     _, client = world.run(lambda c: c.change_nickname(account_id, "neo"))
     assert client.attempts == 3
