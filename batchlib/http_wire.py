@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,13 +99,8 @@ class AiohttpWire:
                 declared = response.content_length
                 if declared is not None and declared > cap:
                     return Reply(response.status, response.headers, None)
-                buffer = bytearray()
-                async with asyncio.timeout(self._limits.body_timeout):
-                    async for chunk in response.content.iter_any():
-                        buffer += chunk
-                        if len(buffer) > cap:
-                            return Reply(response.status, response.headers, None)
-                return Reply(response.status, response.headers, bytes(buffer))
+                body = await _read_capped(response.content.iter_any(), cap, self._limits.body_timeout)
+                return Reply(response.status, response.headers, body)
         except aiohttp.ConnectionTimeoutError:
             return "timeout (ConnectTimeout)"
         except aiohttp.ServerTimeoutError:
@@ -146,13 +141,8 @@ class HttpxWire:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > cap:
                     return Reply(response.status_code, response.headers, None)
-                buffer = bytearray()
-                async with asyncio.timeout(self._limits.body_timeout):
-                    async for chunk in response.aiter_bytes():
-                        buffer += chunk
-                        if len(buffer) > cap:
-                            return Reply(response.status_code, response.headers, None)
-                return Reply(response.status_code, response.headers, bytes(buffer))
+                body = await _read_capped(response.aiter_bytes(), cap, self._limits.body_timeout)
+                return Reply(response.status_code, response.headers, body)
         except httpx.TimeoutException as exc:
             return f"timeout ({type(exc).__name__})"
         except TimeoutError:
@@ -164,6 +154,21 @@ class HttpxWire:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def _read_capped(chunks: AsyncIterator[bytes], cap: int, timeout: float) -> bytes | None:
+    """The whole body, or None past ``cap`` bytes; TimeoutError if not complete within ``timeout``.
+
+    Returning early leaves the rest unread: the response's context manager then closes the
+    connection instead of returning it to the pool.
+    """
+    buffer = bytearray()
+    async with asyncio.timeout(timeout):
+        async for chunk in chunks:
+            buffer += chunk
+            if len(buffer) > cap:
+                return None
+    return bytes(buffer)
 
 
 @functools.cache
