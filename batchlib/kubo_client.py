@@ -1,6 +1,6 @@
 """Async client for the few Kubo RPC calls ``pin_sync`` needs (see docs/kubo-api.md).
 
-    async with KuboClient(settings.kubo_url) as kubo:
+    async with KuboClient.from_settings(settings, tenant_id) as kubo:
         async with aclosing(kubo.iter_pins()) as pins:
             async for pin in pins:                       # streamed, never the whole list in memory
                 stat = await kubo.stat(pin.cid)          # PinNotFound if it vanished meanwhile
@@ -121,8 +121,9 @@ class KuboClient:
         self._rng = rng or random.Random()
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "KuboClient":
-        """A client configured from ``BATCH_KUBO_URL`` and the ``BATCH_HTTP_*`` settings."""
+    def from_settings(cls, settings: Settings, tenant_id: int | None = None, **overrides: Any) -> "KuboClient":
+        """A client of the tenant's node (``BATCH_KUBO_NODES``, else ``BATCH_KUBO_URL``) with the
+        ``BATCH_HTTP_*`` settings."""
         options: dict[str, Any] = {
             "timeout": httpx.Timeout(settings.http_read_timeout_s, connect=settings.http_connect_timeout_s, pool=None),
             "max_retries": settings.http_max_retries,
@@ -131,7 +132,7 @@ class KuboClient:
             "retry_after_max": settings.http_retry_after_max_s,
             "max_body_bytes": settings.http_max_body_bytes,
         }
-        return cls(settings.kubo_url, **{**options, **overrides})
+        return cls(settings.kubo_url_for(tenant_id), **{**options, **overrides})
 
     async def __aenter__(self) -> "KuboClient":
         return self

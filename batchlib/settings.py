@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_key_prefix: str = "batch:"
     platform_url: str = "http://127.0.0.1:8900"
-    kubo_url: str = "http://127.0.0.1:5001"
+    kubo_url: str = "http://127.0.0.1:5001"  # the IPFS node (Kubo RPC) of tenants not in kubo_nodes
+    kubo_nodes: dict[int, str] = Field(default_factory=dict)  # tenant -> its node, e.g. {"7": "http://10.0.0.7:5001"}
 
     # Concurrency: platform calls in flight per (tenant, batch type)
     concurrency: int = Field(50, ge=1, le=1000)
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     # Batch types
     add_friend_daily_cap: int = Field(20, ge=0)  # friend requests one account may send per day
     add_friend_day_timezone: str = "UTC"  # the time zone whose calendar day the cap counts
+
+    def kubo_url_for(self, tenant_id: int | None) -> str:
+        """The tenant's IPFS node: its entry in ``kubo_nodes``, else ``kubo_url``."""
+        return self.kubo_nodes.get(tenant_id, self.kubo_url) if tenant_id is not None else self.kubo_url
 
     def concurrency_for(self, tenant_id: int, task_type: str) -> int:
         """Most specific wins: tenant:type, then tenant, then type, then the default."""

@@ -223,7 +223,7 @@ async def _process(
 
         bare = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine)
         state = await asyncio.to_thread(run_transaction, engine, lambda s: batch_type.prepare(s, bare))
-    async with _clients(batch_type, settings, token_store) as (platform, kubo):
+    async with _clients(batch_type, settings, token_store, tenant_id) as (platform, kubo):
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
         limit = settings.concurrency_for(tenant_id, batch_type.name)
         runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
@@ -267,8 +267,8 @@ def _bound_apply(batch_type: BatchType, batch_id: int, tenant_id: int):
 class _clients:
     """The batch's long-lived HTTP clients (one per batch run, bound to this event loop)."""
 
-    def __init__(self, batch_type: BatchType, settings: Settings, token_store: DbTokenStore) -> None:
-        self._type, self._settings, self._store = batch_type, settings, token_store
+    def __init__(self, batch_type: BatchType, settings: Settings, token_store: DbTokenStore, tenant_id: int) -> None:
+        self._type, self._settings, self._store, self._tenant_id = batch_type, settings, token_store, tenant_id
         self._open: list[Any] = []
 
     async def __aenter__(self) -> tuple[Any, Any]:
@@ -281,7 +281,7 @@ class _clients:
         if self._type.uses_kubo:
             from batchlib.kubo_client import KuboClient
 
-            kubo = await KuboClient.from_settings(self._settings).__aenter__()
+            kubo = await KuboClient.from_settings(self._settings, self._tenant_id).__aenter__()
             self._open.append(kubo)
         return platform, kubo
 

@@ -1,6 +1,6 @@
 """pin-sync: bring la_ipfs_pin in step with the pins of the tenant's IPFS node (Kubo RPC).
 
-    python -m flows.pin_sync --tenant-id 7            # BATCH_KUBO_URL is the tenant's node
+    python -m flows.pin_sync --tenant-id 7            # the node: BATCH_KUBO_NODES["7"], else BATCH_KUBO_URL
     python -m flows.pin_sync --resume 42
 """
 

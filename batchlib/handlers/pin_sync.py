@@ -18,8 +18,10 @@ in CID order (the later CID takes the next free number), so a key is stable betw
 unless its CID collides (for 10,000 pins the chance of any collision is about 2%); the CID in
 ``item_data`` is what identifies a pin, the number only keys the detail row.
 
-One node per tenant: ``BATCH_KUBO_URL`` is the node (run the flow for each tenant with that
-tenant's node URL). The one-active-batch guard is per (tenant, pin_sync), hence per node.
+The tenant's node: its entry in ``BATCH_KUBO_NODES`` (a JSON map tenant -> Kubo RPC URL), else
+``BATCH_KUBO_URL``. The URL comes from the worker's environment, never from a flow parameter
+(it may carry credentials). The one-active-batch guard is per (tenant, pin_sync), hence one sync
+per node when every tenant has its own node.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settin
 async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, Any]) -> list[Item]:
     from batchlib.kubo_client import KuboClient
 
-    async with KuboClient.from_settings(settings) as kubo:
+    async with KuboClient.from_settings(settings, tenant_id) as kubo:
         for attempt in range(settings.http_max_retries + 1):
             try:
                 pins = await kubo.list_pins(PIN_TYPE)

@@ -308,3 +308,11 @@ async def test_from_settings(kubo: KuboSimulator) -> None:
     settings = Settings(kubo_url=kubo.url, http_max_retries=0)
     async with KuboClient.from_settings(settings) as client:
         assert len(await client.list_pins()) == 10_000
+
+
+def test_each_tenant_gets_its_node_from_the_settings() -> None:
+    settings = Settings(kubo_url="http://default:5001", kubo_nodes={"7": "http://node7:5001"})
+    assert settings.kubo_url_for(7) == "http://node7:5001"
+    assert settings.kubo_url_for(8) == "http://default:5001"
+    assert settings.kubo_url_for(None) == "http://default:5001"
+    assert KuboClient.from_settings(settings, 7)._http.base_url == "http://node7:5001"  # noqa: SLF001

@@ -177,3 +177,24 @@ def test_admin_panel_row_with_task_data_is_marked_failed(batch_env: BatchEnv, ku
     row = batch_env.batch(batch_id)
     assert row["task_status"] == "failed" and "pin_sync takes no task_data" in row["error_message"]
     assert kubo.calls()["by_endpoint"].get("files/stat", 0) == 0
+
+
+def test_each_tenant_syncs_its_own_node(batch_env: BatchEnv, kubo: KuboSimulator, configure) -> None:
+    """BATCH_KUBO_NODES gives tenant 8 its own node; tenant 7 keeps BATCH_KUBO_URL. Both run at once."""
+    batch_env.seed({7: 1, 8: 1})
+    with KuboSimulator(pins=40, seed=2) as node8:
+        configure(kubo_nodes=json.dumps({"8": node8.url}))
+
+        async def both():
+            return await asyncio.gather(pin_sync(tenant_id=7, return_state=True), pin_sync(tenant_id=8, return_state=True))
+
+        states = run(both())
+        assert all(s.is_completed() for s in states), [s.message for s in states]
+        assert set(pins(batch_env, 7)) == set(kubo.pins()) and len(kubo.pins()) == 100
+        assert set(pins(batch_env, 8)) == set(node8.pins()) and len(node8.pins()) == 40
+        assert not set(kubo.pins()) & set(node8.pins())
+        for node, count in ((kubo, 100), (node8, 40)):
+            calls = node.calls()["by_endpoint"]
+            assert (calls["pin/ls"], calls["files/stat"]) == (1, count)
+    for batch_id in (r.id for r in batch_env.sql("SELECT id FROM la_batch_task")):
+        batch_env.assert_consistent(batch_id)
