@@ -17,7 +17,9 @@ A batch type is data, not a class hierarchy:
   (add_friend seeds its daily-cap counts from it);
 - ``on_close(session, scope, status, now)`` (optional) runs in the transaction that finishes the batch
   (after the fence check): whole-batch side effects (pin_sync marks the pins it did not see as
-  removed) and the batch's ``error_message`` summary, returned as a string or None.
+  removed) and the batch's ``error_message`` summary, returned as a string or None. Every path
+  that ends a batch calls it: the runner's close, the hooks of a cancelled/crashed/failed run,
+  and the reaper (with status ``failed``), so it must not assume the run is still alive.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
@@ -18,6 +19,8 @@ __all__ = [
     "next_dispatch_attempt", "running_with_heartbeat", "dispatch_notes",
 ]
 
+Summarize = Callable[[Session, int], "str | None"]  # (session, batch id) -> text to add to the reason
+
 
 def _fail_running(
     session: Session,
@@ -27,8 +30,11 @@ def _fail_running(
     *,
     fence_expected: int | None = None,
     stale_before: int | None = None,
+    summarize: Summarize | None = None,
 ) -> bool:
-    """Fail one running batch and bump its fence, re-checking everything under the row locks."""
+    """Fail one running batch and bump its fence, re-checking everything under the row locks.
+
+    ``summarize(session, batch_id)`` (the batch type's closing summary) is appended to the reason."""
     run = session.execute(
         select(RUN.c.fence, RUN.c.heartbeat_time).where(RUN.c.task_id == batch_id).with_for_update()
     ).one_or_none()
@@ -43,6 +49,9 @@ def _fail_running(
         seen = run.heartbeat_time if run is not None and run.heartbeat_time is not None else task.update_time
         if seen >= stale_before:
             return False
+    summary = summarize(session, batch_id) if summarize is not None else None
+    if summary:
+        reason = f"{reason}; {summary}"
     counts = recount(session, batch_id)
     session.execute(
         update(TASK)
@@ -56,7 +65,9 @@ def _fail_running(
     return True
 
 
-def fail_stale_batches(session: Session, *, now: int, stale_after_s: int, reason: str) -> list[int]:
+def fail_stale_batches(
+    session: Session, *, now: int, stale_after_s: int, reason: str, summarize: Summarize | None = None
+) -> list[int]:
     """Fail running batches whose run heartbeat (or task update_time) is older than the window.
 
     Their fence is bumped, so a stale owner that wakes up writes nothing.
@@ -72,16 +83,23 @@ def fail_stale_batches(session: Session, *, now: int, stale_after_s: int, reason
     return [
         int(batch_id)
         for batch_id in candidates
-        if _fail_running(session, batch_id, reason, now, stale_before=stale_before)
+        if _fail_running(session, batch_id, reason, now, stale_before=stale_before, summarize=summarize)
     ]
 
 
 def mark_failed_unowned(
-    session: Session, batch_id: int, fence_expected: int | None, reason: str, now: int | None = None
+    session: Session,
+    batch_id: int,
+    fence_expected: int | None,
+    reason: str,
+    now: int | None = None,
+    summarize: Summarize | None = None,
 ) -> bool:
     """Fail a running batch whose flow run is known gone; with ``fence_expected``, only if
     nobody re-claimed it since. Returns whether it was marked."""
-    return _fail_running(session, batch_id, reason, now_or(now), fence_expected=fence_expected)
+    return _fail_running(
+        session, batch_id, reason, now_or(now), fence_expected=fence_expected, summarize=summarize
+    )
 
 
 def prune_finished(session: Session, *, before: int, limit: int, hard: bool, now: int | None = None) -> int:

@@ -188,7 +188,7 @@ async def run_batch(
             status, reason, mode, flushed = await _process(batch_type, settings, tenant_id, opened, lease)
             counts = await _patiently(
                 settings, opened.batch_id, "closing the batch",
-                lambda: close_batch(opened.batch_id, opened.fence, status, reason, task_type=task_type),
+                lambda: close_batch(opened.batch_id, opened.fence, status, reason),
             )
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],

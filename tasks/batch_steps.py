@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchlib.batch_types import get_batch_type
-from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch
+from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch, UnknownBatchType
 from batchlib.settings import get_settings
 
 P = ParamSpec("P")
@@ -167,7 +167,7 @@ def open_batch(
 
     claimed = _tx(claim)
     if collect_error is not None and not resuming:
-        _finish(task_type, claimed.batch_id, claimed.fence, "failed", collect_error)
+        _finish(claimed.batch_id, claimed.fence, "failed", collect_error)
         return OpenedBatch(claimed.batch_id, claimed.fence, 0, 0, resuming, collect_error)
     step = settings.detail_insert_chunk
 
@@ -182,7 +182,7 @@ def open_batch(
     counts = _tx(details)
     if counts.pending == 0:
         # Nothing left to do (a resume of a batch whose items all finished): close it now.
-        _finish(task_type, claimed.batch_id, claimed.fence, "completed")
+        _finish(claimed.batch_id, claimed.fence, "completed")
     return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
 
 
@@ -197,34 +197,45 @@ def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -
 
 
 @task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
-def close_batch(
-    batch_id: int, fence: int, status: str, error_message: str | None = None, task_type: str | None = None
-) -> dict[str, int]:
+def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, int]:
     """Final state + counters from a recount (fenced: a run that lost the batch writes nothing)."""
-    return counts_dict(_finish(task_type, batch_id, fence, status, error_message))
+    return counts_dict(_finish(batch_id, fence, status, error_message))
 
 
-def _finish(task_type: str | None, batch_id: int, fence: int, status: str, error_message: str | None = None):
-    """finish_batch, preceded in the same transaction by the type's ``on_close`` (if any),
-    whose summary is appended to ``error_message``."""
+def _finish(batch_id: int, fence: int, status: str, error_message: str | None = None):
+    return _tx(lambda session: finish_with_summary(session, batch_id, fence, status, error_message))
+
+
+def finish_with_summary(session, batch_id: int, fence: int, status: str, error_message: str | None):
+    """finish_batch, preceded in the same transaction by the type's ``on_close`` (if any), whose
+    summary is appended to ``error_message``. Every path that finishes a batch it owns comes here:
+    the runner's close, and the hooks of a cancelled, crashed or failed flow run."""
     import time
 
+    from db import check_fence, finish_batch
+
+    now = int(time.time())
+    check_fence(session, batch_id, fence, now)  # a stale run must not run side effects
+    message = _with_summary(error_message, closing_summary(session, batch_id, status, now))
+    return finish_batch(session, batch_id, fence, status, message)
+
+
+def closing_summary(session, batch_id: int, status: str, now: int) -> str | None:
+    """What the batch type's ``on_close`` has to say about a batch ending in ``status`` (e.g.
+    pin_sync's first failed pins); None for types without one. Also used by the reaper."""
     from batchlib.batch_types import BatchScope
-    from db import check_fence, finish_batch, get_batch
+    from db import get_batch
 
-    on_close = get_batch_type(task_type).on_close if task_type is not None else None
+    row = get_batch(session, batch_id)
+    try:
+        on_close = get_batch_type(row.task_type).on_close if row is not None else None
+    except UnknownBatchType:
+        return None
+    return on_close(session, BatchScope(batch_id, row.tenant_id), status, now) if on_close else None
 
-    def finish(session):
-        message = error_message
-        if on_close is not None:
-            now = int(time.time())
-            check_fence(session, batch_id, fence, now)  # a stale run must not run side effects
-            row = get_batch(session, batch_id)
-            summary = on_close(session, BatchScope(batch_id, row.tenant_id), status, now)
-            message = "; ".join(m for m in (error_message, summary) if m) or None
-        return finish_batch(session, batch_id, fence, status, message)
 
-    return _tx(finish)
+def _with_summary(message: str | None, summary: str | None) -> str | None:
+    return "; ".join(m for m in (message, summary) if m) or None
 
 
 def counts_dict(counts) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 When a run is cancelled from the UI or crashes, the runner's own cleanup may not get to
 close its batch; these hooks find the batches the flow run owns (la_batch_run.flow_run_id)
-and close them, fenced. A SIGKILLed worker runs no hook: the reaper handles that.
+and close them, fenced, with the batch type's closing summary (``finish_with_summary``).
+A SIGKILLed worker runs no hook: the reaper handles that.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> list[int]:
     from batchlib.settings import get_settings
-    from db import finish_batch, get_engine, run_transaction, running_batches
+    from db import get_engine, run_transaction, running_batches
+    from tasks.batch_steps import finish_with_summary
 
     engine = get_engine(get_settings().database_url.get_secret_value())
     closed = []
@@ -30,7 +32,7 @@ def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> li
         return closed
     for batch_id, fence, _ in owned:
         try:
-            run_transaction(engine, lambda s: finish_batch(s, batch_id, fence, status, reason))
+            run_transaction(engine, lambda s: finish_with_summary(s, batch_id, fence, status, reason))
             closed.append(batch_id)
         except BatchError as exc:  # fenced out or already closed: not ours any more
             log.info("batch %s not closed by hook: %s", batch_id, exc)

@@ -183,12 +183,19 @@ def running_batches_seen() -> list[Any]:
     return _tx(running_with_heartbeat)
 
 
+def _failed_summary(session, batch_id: int) -> str | None:
+    """The batch type's closing summary of a batch the reaper fails (e.g. pin_sync's failed pins)."""
+    from tasks.batch_steps import closing_summary
+
+    return closing_summary(session, batch_id, "failed", int(time.time()))
+
+
 @task(name="reap-gone-run", task_run_name="reap-batch-{batch_id}", cache_policy=NO_CACHE, persist_result=False)
 def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
     """Fail a running batch whose flow run is over, unless someone re-claimed it (fenced)."""
     from db import mark_failed_unowned
 
-    marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason))
+    marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
         get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
     return marked
@@ -200,7 +207,9 @@ def reap_stale_batches(stale_after_s: int, reason: str) -> list[int]:
     from db import fail_stale_batches
 
     now = int(time.time())
-    reaped = _tx(lambda s: fail_stale_batches(s, now=now, stale_after_s=stale_after_s, reason=reason))
+    reaped = _tx(lambda s: fail_stale_batches(
+        s, now=now, stale_after_s=stale_after_s, reason=reason, summarize=_failed_summary
+    ))
     for batch_id in reaped:
         get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
     return reaped

@@ -15,10 +15,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
-from db import claim_batch, create_batch, run_transaction
+from batchlib.outcomes import ItemOutcome
+from db import add_details, claim_batch, create_batch, record_outcomes, run_transaction
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
 from flows.reaper import reaper
+from tasks.hooks import close_owned_batches
 from tasks.maintenance import PendingRow, row_problem
 
 # -- pure ------------------------------------------------------------------------------
@@ -192,6 +194,47 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
         batch_env.assert_consistent(batch_id)
         assert _note(batch_env, batch_id).fence == 2  # the dead owner is fenced out
     assert reaper() == {"gone": [], "stale": []}
+
+
+def _pin_sync_with_a_failed_pin(batch_env, tenant_id: int, flow_run_id: str, silent_s: int) -> int:
+    """A running pin_sync batch: one pin failed, one succeeded, one still pending."""
+
+    def open_(s):
+        batch_id = create_batch(
+            s, tenant_id=tenant_id, task_type="pin_sync", task_name="t", create_admin_id=0, task_data=None
+        )
+        fence = claim_batch(s, batch_id, owner="vm:1", flow_run_id=flow_run_id).fence
+        add_details(s, batch_id, fence, [(1, {"cid": "bafyone"}), (2, {"cid": "bafytwo"}), (3, {"cid": "bafy3"})])
+        outcomes = [ItemOutcome.failed(1, "not pinned: bafyone", cid="bafyone"), ItemOutcome.success(2, cid="bafytwo")]
+        record_outcomes(s, batch_id, fence, outcomes, int(time.time()))
+        return batch_id
+
+    batch_id = run_transaction(batch_env.engine, open_)
+    seen = int(time.time()) - silent_s
+    batch_env.sql("UPDATE la_batch_run SET heartbeat_time = :t WHERE task_id = :id", t=seen, id=batch_id)
+    batch_env.sql("UPDATE la_batch_task SET update_time = :t WHERE id = :id", t=seen, id=batch_id)
+    return batch_id
+
+
+@pytest.mark.parametrize("ending", ["reaper: run gone", "reaper: no heartbeat", "hook: run crashed"])
+def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending: str) -> None:
+    """pin_sync's first failed pins reach error_message on every path that fails a batch."""
+    state, silent_s = {"reaper: run gone": (Crashed(), 30), "reaper: no heartbeat": (Running(), 500),
+                       "hook: run crashed": (Running(), 0)}[ending]
+    flow_run_id = _flow_run(state)
+    batch_id = _pin_sync_with_a_failed_pin(batch_env, 7, flow_run_id, silent_s)
+
+    if ending.startswith("reaper"):
+        result = reaper()
+        assert batch_id in result["gone"] + result["stale"]
+    else:
+        assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
+
+    row = batch_env.batch(batch_id)
+    assert row["task_status"] == "failed"
+    assert row["error_message"].endswith("; 1 pin(s) failed; first 1: bafyone: not pinned: bafyone")
+    assert (row["processed_count"], row["success_count"], row["failed_count"]) == (2, 1, 1)
+    batch_env.assert_consistent(batch_id)
 
 
 # -- prune -----------------------------------------------------------------------------
