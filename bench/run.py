@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from batchlib.seeding import import_accounts
     from db import get_engine, upgrade
+    from deployments.local_server import PrefectServer
     from simulators.account_platform import PlatformSimulator
-    from tests.prefect_server import PrefectServer
 
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)

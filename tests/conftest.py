@@ -72,7 +72,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server (PostgreSQL backend) shared by the whole test session."""
-    from tests.prefect_server import PrefectServer
+    from deployments.local_server import PrefectServer
 
     with PrefectServer() as server:
         yield server
@@ -85,6 +85,13 @@ def prefect_api(prefect_server):
 
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         yield
+        # Send the logs and events still queued while the server is up; otherwise Prefect's
+        # workers try at interpreter exit and print "All connection attempts failed".
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The deployed system, end to end: the session's real Prefect server (tests/prefect_server.py),
+"""The deployed system, end to end: the session's real Prefect server (deployments/local_server.py),
 ``python -m deployments.bootstrap --deploy`` from prefect.yaml, a real ``prefect worker``
 subprocess, a MariaDB database, Redis and the platform simulator.
 

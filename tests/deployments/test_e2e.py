@@ -260,7 +260,7 @@ def test_local_serve_runs_every_deployment(system: Deployed) -> None:
     registers the same deployment names as prefect.yaml, without a work pool)."""
     import subprocess
 
-    from tests.prefect_server import free_port
+    from deployments.local_server import free_port
 
     home = system.tmp / "serve-home"
     home.mkdir()

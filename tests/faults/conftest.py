@@ -31,11 +31,11 @@ from sqlalchemy import Engine, text
 from batchlib.seeding import import_accounts
 from batchlib.settings import get_settings
 from db import get_engine, upgrade
+from deployments.local_server import PG_URL, free_port
 from simulators.account_platform import PlatformSimulator
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, REDIS_URL, mysql_admin
 from tests.db.conftest import mysql_engine  # noqa: F401  (fixture re-export)
 from tests.flows.conftest import BatchEnv, _configure
-from tests.prefect_server import PG_URL, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_RE = re.compile(r"(?:at|rt)_[0-9a-f]{32}")  # tokens the simulator issues on refresh

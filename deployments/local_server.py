@@ -1,4 +1,9 @@
-"""A real ``prefect server start`` for the test session: own PREFECT_HOME, own PostgreSQL database.
+"""A real ``prefect server start`` with its own PREFECT_HOME and PostgreSQL database.
+
+Used by the test session and by ``bench/run.py``::
+
+    with PrefectServer() as server:          # PrefectServer().start() / .stop()
+        subprocess.run([...], env=server.env)  # PREFECT_API_URL and PREFECT_HOME of this server
 
 Prefect's ephemeral/test-harness API stores everything in SQLite; under a few hundred task
 runs a second it serialises on "database is locked" (flow runs then start seconds late).
