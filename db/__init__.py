@@ -17,7 +17,7 @@ from db.accounts import (
     upsert_accounts,
 )
 from db.engine import get_engine, make_engine
-from db.friends import log_friend_requests, sent_today_for_batch
+from db.friends import log_friend_requests, sent_today_for_batch, unlogged
 from db.maintenance import (
     fail_stale_batches,
     mark_failed_unowned,
@@ -58,6 +58,6 @@ __all__ = [
     "running_batches", "load_credentials_many",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
-    "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests",
+    "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
     "PIN_PRESENT", "PIN_REMOVED", "record_pins", "mark_pins_removed", "remove_unseen_pins", "failed_items",
 ]

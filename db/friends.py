@@ -14,7 +14,7 @@ from db import statuses as st
 from db._util import DETAIL, insert_ignore, now_or
 from db.models import FriendRequestLog
 
-__all__ = ["sent_today_for_batch", "log_friend_requests"]
+__all__ = ["sent_today_for_batch", "log_friend_requests", "unlogged"]
 
 LOG: Table = FriendRequestLog.__table__  # type: ignore[assignment]
 
@@ -45,3 +45,13 @@ def log_friend_requests(
         for a, uid, day in sent
     ]
     return int(session.execute(insert_ignore(LOG), rows).rowcount)
+
+
+def unlogged(session: Session, requests: Sequence[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+    """The (account_id, friend_uid, day) requests no batch ever logged: one query."""
+    if not requests:
+        return []
+    accounts = sorted({int(a) for a, _, _ in requests})
+    query = select(LOG.c.account_id, LOG.c.friend_uid).where(LOG.c.account_id.in_(accounts)).distinct()
+    logged = {(int(a), uid) for a, uid in session.execute(query)}
+    return [r for r in requests if (int(r[0]), r[1]) not in logged]

@@ -10,6 +10,9 @@ The cap: ``prepare`` reads today's sent counts of the batch's accounts (one quer
 per-run counter; ``handle`` checks and bumps it (only one add_friend batch of a tenant runs
 at a time, and an account belongs to one tenant, so nobody else sends for these accounts);
 ``apply`` logs each ``sent`` request in la_friend_request_log, at most once per (batch, account).
+A ``pending`` answer for a request no batch ever logged is logged too: it is a request this
+batch sent just before its run died (the resume asks again and hears "pending"), or one sent
+outside this system; either way it counts toward today's cap rather than being forgotten.
 """
 
 from __future__ import annotations
@@ -90,15 +93,17 @@ async def handle(ctx: ItemContext, account_id: int, item_data: dict[str, Any] | 
 
 
 def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
-    """Log the requests actually sent: one multi-row INSERT IGNORE per flush."""
-    from db import log_friend_requests
+    """Log the requests sent (and unlogged pending ones): one multi-row INSERT IGNORE per flush."""
+    from db import log_friend_requests, unlogged
 
-    sent = [
-        (o.item_id, o.result["friend_uid"], o.result["day"])
-        for o in outcomes
-        if o.status == "success" and o.result and o.result.get("status") == "sent"
-    ]
-    log_friend_requests(session, scope.batch_id, sent, now)
+    def answered(status: str) -> list[tuple[int, str, int]]:
+        return [
+            (o.item_id, o.result["friend_uid"], o.result["day"])
+            for o in outcomes
+            if o.status == "success" and o.result and o.result.get("status") == status
+        ]
+
+    log_friend_requests(session, scope.batch_id, answered("sent") + unlogged(session, answered("pending")), now)
 
 
 ADD_FRIEND = register(BatchType(NAME, "Add friends", parse, handle, apply, prepare=prepare))

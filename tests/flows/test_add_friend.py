@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import httpx
 import pytest
 
 from batchlib.handlers.add_friend import cap_day
@@ -98,9 +99,38 @@ def test_cancel_then_resume_logs_each_request_once(batch_env: BatchEnv, configur
     batch_env.assert_consistent(batch_id)
     assert batch_env.batch(batch_id)["success_count"] == 100
     logged = log_rows(batch_env, batch_id)
-    assert len(logged) == len(set(logged))  # never twice for one account
-    # A request sent by the cancelled run but not yet recorded is 'pending' on resume: not logged.
-    assert 100 - 4 <= len(logged) <= 100
+    # Each request logged once: one the cancelled run sent but did not record is 'pending' on
+    # resume, and logged then.
+    assert sorted(logged) == [(700000 + i, "u7-000101") for i in range(1, 101)]
+
+
+def test_a_request_sent_but_never_logged_is_logged_when_found_pending(batch_env: BatchEnv, configure) -> None:
+    """A run killed between the platform call and its flush: the resume hears 'pending'. That
+    request counts toward the daily cap; one an earlier batch logged is not counted twice."""
+    configure(add_friend_daily_cap=2)
+    batch_env.seed({7: 5})
+    tokens = {a["uid"]: a["access_token"] for a in batch_env.sim.accounts(7)}
+    for uid, friend in (("u7-000001", "u7-000005"), ("u7-000002", "u7-000005")):  # sent, never logged
+        reply = httpx.post(f"{batch_env.sim.url}/v1/me/friends", json={"friend_uid": friend},
+                           headers={"Authorization": f"Bearer {tokens[uid]}"})
+        assert reply.json()["status"] == "sent"
+    earlier = run(add_friend(tenant_id=7, items=[{"account_id": 700003, "friend_uid": "u7-000005"}],
+                             return_state=True))
+    assert earlier.is_completed()
+    items = [{"account_id": 700000 + i, "friend_uid": "u7-000005"} for i in (1, 2, 3)]
+
+    state = run(add_friend(tenant_id=7, items=items, return_state=True))
+
+    assert state.is_completed(), state.message
+    batch_id = max(r.id for r in batch_env.sql("SELECT id FROM la_batch_task"))
+    got = items_of(batch_env, batch_id)
+    assert {i: json.loads(r)["status"] for i, (_, r, _) in got.items()} == dict.fromkeys((700001, 700002, 700003), "pending")
+    assert log_rows(batch_env, batch_id) == [(700001, "u7-000005"), (700002, "u7-000005")]
+    assert len(log_rows(batch_env)) == 3  # 700003's request stays logged once, by the earlier batch
+    configure(add_friend_daily_cap=1)  # 700001's logged 'pending' request used up today's cap
+    capped = run(add_friend(tenant_id=7, items=[{"account_id": 700001, "friend_uid": "u7-000004"}], return_state=True))
+    assert capped.is_completed()
+    assert batch_env.sql("SELECT failed_count FROM la_batch_task ORDER BY id DESC LIMIT 1")[0].failed_count == 1
 
 
 @pytest.mark.parametrize(
