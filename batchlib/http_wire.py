@@ -82,6 +82,7 @@ class AiohttpWire:
             headers=DEFAULT_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
+            trust_env=True,  # HTTP(S)_PROXY / NO_PROXY from the environment, as httpx does
         )
 
     @property

@@ -8,6 +8,7 @@ h11/asyncio a simulator adds ~5 ms to every answer at 1,000 req/s).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "ServerThread",
     "ServerProcess",
     "announce",
+    "sleep_until",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -45,6 +47,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 READY_PREFIX = "SIMULATOR_URL="
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline``: never early. uvloop's timers have
+    millisecond granularity and may fire up to 1 ms before a plain ``asyncio.sleep`` ends."""
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left)
 
 
 class AbruptClose(Exception):

@@ -46,6 +46,7 @@ from simulators._http import (
     read_body,
     send_body,
     send_json,
+    sleep_until,
 )
 
 __all__ = ["Knobs", "Account", "PlatformState", "AccountPlatformApp", "PlatformSimulator", "main"]
@@ -357,8 +358,8 @@ class AccountPlatformApp:
         try:
             knobs = state.knobs
             delay = knobs.latency_ms + (state.rng.random() * knobs.jitter_ms if knobs.jitter_ms else 0.0)
-            if delay:
-                await asyncio.sleep(delay / 1000)
+            if delay:  # the answer leaves no earlier than `delay` after the request arrived
+                await sleep_until(t0 + delay / 1000)
             fault = state.pick_fault(uid, endpoint)
             if fault is not None:
                 status = await self._fault(fault, send)

@@ -32,6 +32,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ from simulators._http import (
     read_body,
     send_body,
     send_json,
+    sleep_until,
 )
 
 __all__ = ["SimConfig", "KuboState", "KuboApp", "KuboSimulator", "make_cid", "main"]
@@ -268,6 +270,7 @@ class KuboApp:
             await send_body(send, 404, b"404 page not found\n", content_type=b"text/plain; charset=utf-8")
 
     async def _rpc(self, method: str, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.monotonic()
         handler = {"pin/ls": self._pin_ls, "files/stat": self._files_stat, "version": self._version}.get(endpoint)
         if handler is None:
             await send_body(send, 404, b"404 page not found\n", content_type=b"text/plain; charset=utf-8")
@@ -280,7 +283,7 @@ class KuboApp:
         config = self.state.enter(endpoint)
         try:
             if config.latency_ms:
-                await asyncio.sleep(config.latency_ms / 1000)
+                await sleep_until(started + config.latency_ms / 1000)
             await handler(query_params(scope), config, receive, send)
         finally:
             self.state.leave()
