@@ -102,7 +102,11 @@ class AiohttpWire:
                 declared = response.content_length
                 if declared is not None and declared > cap:
                     return Reply(response.status, response.headers, None)
-                body = await _read_capped(response.content.iter_any(), cap, self._limits.body_timeout)
+                if response.content.is_eof():  # the whole body came with the headers: no waiting
+                    body: bytes | None = await response.content.read()
+                    body = body if len(body) <= cap else None
+                else:
+                    body = await _read_capped(response.content.iter_any(), cap, self._limits.body_timeout)
                 return Reply(response.status, response.headers, body)
         except aiohttp.ConnectionTimeoutError:
             return "timeout (ConnectTimeout)"

@@ -32,6 +32,7 @@ class BatchRuntime:
     stop_reason: str | None = None
     calls: int = 0  # items handed to the handler (each costs 1 + retries platform calls at most)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _chunks: dict[int, list[tuple[int, dict | None]]] = field(default_factory=dict)
 
     @property
     def stopped(self) -> bool:
@@ -41,6 +42,16 @@ class BatchRuntime:
         if self.stop_reason is None:
             self.stop_reason = reason
             self._stopped.set()
+
+    def stage_chunk(self, items: list[tuple[int, dict | None]]) -> tuple[int, int]:
+        """Keep a chunk's items for its task run, which gets only (first id, last id): Prefect then
+        has no item data to walk (it visits every task parameter twice per task run)."""
+        first, last = items[0][0], items[-1][0]
+        self._chunks[first] = items
+        return first, last
+
+    def take_chunk(self, first_id: int) -> list[tuple[int, dict | None]]:
+        return self._chunks.pop(first_id, [])
 
     async def process(self, item_id: int, item_data: dict | None) -> ItemOutcome | None:
         """Handle one item and buffer its outcome; None when the batch stopped before it."""

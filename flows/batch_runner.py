@@ -403,9 +403,12 @@ async def _run_item(runtime: BatchRuntime, item_id: int, item_data: dict | None)
 async def _run_chunk(runtime: BatchRuntime, part: list) -> None:
     from batchlib.outcomes import ItemOutcome
 
+    first, last = runtime.stage_chunk(part)
     try:
-        await process_chunk(runtime.batch_type.name, runtime.ctx.batch_id, part[0][0], part[-1][0], part)
+        await process_chunk(runtime.batch_type.name, runtime.ctx.batch_id, first, last)
     except Exception as exc:
+        # Items that already have an outcome keep it (the mirror moves only pending rows).
+        runtime.take_chunk(first)
         for item_id, _ in part:
             runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}"))
 

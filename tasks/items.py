@@ -37,15 +37,11 @@ async def process_item(
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-async def process_chunk(
-    task_type: str,
-    batch_id: int,
-    first_id: int,
-    last_id: int,
-    items: list[tuple[int, dict[str, Any] | None]],
-) -> dict[str, int]:
-    """Many items, each under a slot of the (tenant, type) limit; returns counts by status."""
+async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: int) -> dict[str, int]:
+    """The items the runner staged from ``first_id`` to ``last_id``, each under a slot of the
+    (tenant, type) limit; returns counts by status."""
     runtime = get_runtime(batch_id)
+    items = runtime.take_chunk(first_id)
 
     async def one(item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None:
         async with runtime.limit:
