@@ -142,12 +142,19 @@ def test_unstartable_rows_fail_with_a_readable_message(batch_env, unit_deploymen
 # -- reaper ----------------------------------------------------------------------------
 
 
-def _running_batch(batch_env, tenant_id: int, flow_run_id: str | None, silent_s: int) -> int:
+def _running_batch(
+    batch_env, tenant_id: int, flow_run_id: str | None, silent_s: int, task_type: str = "account_check", fill=None
+) -> int:
+    """A batch claimed by ``flow_run_id`` and silent for ``silent_s``; ``fill(session, batch_id, fence)``
+    adds its details."""
+
     def open_(s):
         batch_id = create_batch(
-            s, tenant_id=tenant_id, task_type="account_check", task_name="t", create_admin_id=0, task_data=None
+            s, tenant_id=tenant_id, task_type=task_type, task_name="t", create_admin_id=0, task_data=None
         )
-        claim_batch(s, batch_id, owner="vm:1", flow_run_id=flow_run_id)
+        fence = claim_batch(s, batch_id, owner="vm:1", flow_run_id=flow_run_id).fence
+        if fill is not None:
+            fill(s, batch_id, fence)
         return batch_id
 
     batch_id = run_transaction(batch_env.engine, open_)
@@ -199,21 +206,12 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
 def _pin_sync_with_a_failed_pin(batch_env, tenant_id: int, flow_run_id: str, silent_s: int) -> int:
     """A running pin_sync batch: one pin failed, one succeeded, one still pending."""
 
-    def open_(s):
-        batch_id = create_batch(
-            s, tenant_id=tenant_id, task_type="pin_sync", task_name="t", create_admin_id=0, task_data=None
-        )
-        fence = claim_batch(s, batch_id, owner="vm:1", flow_run_id=flow_run_id).fence
+    def fill(s, batch_id: int, fence: int) -> None:
         add_details(s, batch_id, fence, [(1, {"cid": "bafyone"}), (2, {"cid": "bafytwo"}), (3, {"cid": "bafy3"})])
         outcomes = [ItemOutcome.failed(1, "not pinned: bafyone", cid="bafyone"), ItemOutcome.success(2, cid="bafytwo")]
         record_outcomes(s, batch_id, fence, outcomes, int(time.time()))
-        return batch_id
 
-    batch_id = run_transaction(batch_env.engine, open_)
-    seen = int(time.time()) - silent_s
-    batch_env.sql("UPDATE la_batch_run SET heartbeat_time = :t WHERE task_id = :id", t=seen, id=batch_id)
-    batch_env.sql("UPDATE la_batch_task SET update_time = :t WHERE id = :id", t=seen, id=batch_id)
-    return batch_id
+    return _running_batch(batch_env, tenant_id, flow_run_id, silent_s, task_type="pin_sync", fill=fill)
 
 
 @pytest.mark.parametrize("ending", ["reaper: run gone", "reaper: no heartbeat", "hook: run crashed"])
