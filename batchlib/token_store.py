@@ -3,11 +3,17 @@
 Tasks receive account ids; the runner preloads one page of credentials in a single query
 and the client reads them from this in-memory cache. A refresh is persisted with a version
 guard, so two workers refreshing the same account keep the first winner's tokens.
+
+The cache only ever moves to a newer ``token_version``: a page read that started before a
+refresh and lands after it must not put the old tokens back (the next 401 would then refresh
+with a rotated refresh token, which the platform refuses; found by tests/faults under 64
+concurrent calls of one expired account).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 
@@ -23,6 +29,7 @@ class DbTokenStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._cache: dict[int, Credentials] = {}
+        self._cache_lock = threading.Lock()  # page reads run in worker threads
 
     def preload(self, account_ids: Sequence[int]) -> None:
         """Blocking: fill the cache for these accounts (call it in a worker thread)."""
@@ -33,7 +40,7 @@ class DbTokenStore:
             return
         stored = run_transaction(self._engine, lambda s: load_credentials_many(s, missing))
         for account_id, creds in stored.items():
-            self._cache[account_id] = _client_creds(creds)
+            self._remember(account_id, _client_creds(creds))
 
     def forget(self, account_ids: Sequence[int]) -> None:
         for account_id in account_ids:
@@ -61,8 +68,15 @@ class DbTokenStore:
             return _client_creds(load_credentials(session, account_id))
 
         creds = await asyncio.to_thread(run_transaction, self._engine, store)
-        self._cache[account_id] = creds
-        return creds
+        return self._remember(account_id, creds)
+
+    def _remember(self, account_id: int, creds: Credentials) -> Credentials:
+        """Cache ``creds`` unless a newer version is cached already; returns what is cached."""
+        with self._cache_lock:
+            cached = self._cache.get(account_id)
+            if cached is None or creds.version >= cached.version:
+                self._cache[account_id] = cached = creds
+            return cached
 
 
 def _client_creds(stored) -> Credentials:

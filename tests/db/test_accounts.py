@@ -68,3 +68,38 @@ def test_record_checks_and_profile(engine: Engine) -> None:
         assert one is not None and four is not None
         assert (one.status, one.last_check_time, one.nickname, one.avatar_url) == ("restricted", 50, "昵称", "http://x/a.png")
         assert (four.status, four.last_check_time) == ("alive", 51)
+
+
+def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine, monkeypatch) -> None:
+    """A page read that started before a refresh and lands after it keeps the refreshed tokens.
+    (MariaDB only: on SQLite the open read transaction makes the refresh wait, so no race.)"""
+    import asyncio
+    import threading
+
+    import db as db_module
+    from batchlib.token_store import DbTokenStore
+
+    _seed(mysql_engine)
+    store = DbTokenStore(mysql_engine)
+    read_done, saved = threading.Event(), threading.Event()
+    real_read = db_module.load_credentials_many
+
+    def slow_read(session, ids):  # reads version 0, then lands only after the refresh was saved
+        found = real_read(session, ids)
+        read_done.set()
+        saved.wait(10)
+        return found
+
+    monkeypatch.setattr(db_module, "load_credentials_many", slow_read)
+
+    async def race():
+        page = asyncio.create_task(asyncio.to_thread(store.preload, [1]))
+        await asyncio.to_thread(read_done.wait, 10)
+        refreshed = await store.save(1, 0, "at-new", "rt-new", 3600)
+        saved.set()
+        await page
+        return refreshed, await store.load(1)
+
+    refreshed, cached = asyncio.run(race())
+    assert refreshed.version == 1 and refreshed.access_token == "at-new"
+    assert cached == refreshed  # before the fix: the late page read put version 0 back
