@@ -59,6 +59,7 @@ class Limits:
     body_timeout: float = 30
     max_body_bytes: int = 1_000_000
     max_connections: int = 200
+    proxy: str | None = None  # an HTTP proxy for every request (never read from the environment)
 
 
 class AiohttpWire:
@@ -83,8 +84,9 @@ class AiohttpWire:
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
             # No trust_env: with it aiohttp reads the proxy variables and ~/.netrc on every
-            # request (+0.45 ms of CPU each, measured); the platform is reached directly.
+            # request (+0.45 ms of CPU each, measured). A proxy is a setting instead.
             trust_env=False,
+            proxy=limits.proxy,
         )
 
     @property

@@ -161,6 +161,7 @@ class PlatformClient:
         max_body_bytes: int = 1_000_000,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 200,
+        proxy: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -172,7 +173,7 @@ class PlatformClient:
         self.max_body_bytes = max_body_bytes
         self._sleep = sleep
         self._rng = rng or random.Random()
-        limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections)
+        limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections, proxy)
         self._wire: Wire = (
             AiohttpWire(base_url, limits) if transport is None else HttpxWire(base_url, limits, transport)
         )
@@ -193,6 +194,7 @@ class PlatformClient:
             "backoff_max": settings.http_backoff_max_s,
             "retry_after_max": settings.http_retry_after_max_s,
             "max_body_bytes": settings.http_max_body_bytes,
+            "proxy": settings.platform_proxy_url.get_secret_value() if settings.platform_proxy_url else None,
         }
         return cls(settings.platform_url, token_store, **{**options, **overrides})
 

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_key_prefix: str = "batch:"
     platform_url: str = "http://127.0.0.1:8900"
+    platform_proxy_url: SecretStr | None = None  # HTTP proxy to the platform (HTTP(S)_PROXY is not read)
     kubo_url: str = "http://127.0.0.1:5001"  # the IPFS node (Kubo RPC) of tenants not in kubo_nodes
     kubo_nodes: dict[int, str] = Field(default_factory=dict)  # tenant -> its node, e.g. {"7": "http://10.0.0.7:5001"}
 

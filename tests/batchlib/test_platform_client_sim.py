@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from batchlib.errors import BadPlatformResponse, PlatformError, PlatformRejected, TokenRefreshFailed
+from batchlib.errors import (
+    BadPlatformResponse,
+    PlatformError,
+    PlatformRejected,
+    PlatformUnavailable,
+    TokenRefreshFailed,
+)
 from batchlib.platform_client import AccountState, InMemoryTokenStore, PlatformClient
 from simulators.account_platform import Knobs, PlatformSimulator
 from tests.conftest import settle
@@ -283,3 +289,19 @@ def test_per_tenant_concurrency_is_visible(world: World) -> None:
 
     world.run(limited)
     assert world.sim.stats()["max_in_flight_by_tenant"][str(TENANT)] == 8
+
+
+def test_a_configured_proxy_carries_every_request(world: World) -> None:
+    """platform_url names a host that does not resolve; only the proxy (the simulator, which serves
+    absolute-form requests like a forward proxy would pass them on) can answer."""
+    (account_id,) = world.alive()
+    unreachable = "http://platform.invalid:8900"
+
+    async def via(proxy: str | None) -> Any:
+        async with PlatformClient(unreachable, world.store, proxy=proxy, max_retries=0) as client:
+            return await client.get_me(account_id)
+
+    assert asyncio.run(via(world.sim.url)).uid == world.uid[account_id]
+    assert [c["uid"] for c in world.sim.calls()] == [world.uid[account_id]]
+    with pytest.raises(PlatformUnavailable, match="connection error"):
+        asyncio.run(via(None))
