@@ -14,12 +14,12 @@ aiohttp instead (``batchlib/http_wire.py``), which is cheaper still.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
-import ssl
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+
+from batchlib.http_wire import ssl_context
 
 __all__ = ["ShardedTransport"]
 
@@ -30,7 +30,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, max_connections: int) -> None:
         count = max(1, math.ceil(max_connections / self.SHARD_SIZE))
         limits = httpx.Limits(max_connections=self.SHARD_SIZE, max_keepalive_connections=self.SHARD_SIZE)
-        verify = _ssl_context()  # one context for all pools: building one costs ~20 ms
+        verify = ssl_context()  # one context for all pools
         self._shards = [httpx.AsyncHTTPTransport(limits=limits, verify=verify) for _ in range(count)]
         self._busy = [0] * count
         self._gate = asyncio.Semaphore(max_connections)
@@ -62,11 +62,6 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self._shards:
             await shard.aclose()
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    return httpx.create_ssl_context()
 
 
 class _ReleasingStream(httpx.AsyncByteStream):

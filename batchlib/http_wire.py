@@ -69,15 +69,14 @@ class AiohttpWire:
         self._base = base_url.rstrip("/")
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, str] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         limits = self._limits
-        connector = aiohttp.TCPConnector(limit=limits.max_connections, limit_per_host=0, ssl=_ssl_context())
+        connector = aiohttp.TCPConnector(limit=limits.max_connections, limit_per_host=0, ssl=ssl_context())
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
         )
-        return aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             headers=DEFAULT_HEADERS,
@@ -88,6 +87,7 @@ class AiohttpWire:
             trust_env=False,
             proxy=limits.proxy,
         )
+        return self._session
 
     @property
     def idle(self) -> bool:
@@ -96,8 +96,8 @@ class AiohttpWire:
         return session is None or session.closed or not session.connector._acquired  # type: ignore[union-attr]  # noqa: SLF001
 
     async def send(self, method: str, path: str, headers: dict[str, str], content: bytes | None) -> Reply | str:
-        session = self._session or self._set_session()
-        url = self._urls.get(path) or self._urls.setdefault(path, self._base + path)
+        session = self._session or self._open()
+        url = self._base + path
         cap = self._limits.max_body_bytes
         try:
             async with session.request(method, url, headers=headers, data=content, allow_redirects=False) as response:
@@ -121,10 +121,6 @@ class AiohttpWire:
         except (aiohttp.ClientError, OSError) as exc:
             # The exception is not chained or kept: aiohttp's request_info holds the headers.
             return f"connection error ({type(exc).__name__})"
-
-    def _set_session(self) -> aiohttp.ClientSession:
-        self._session = self._open()
-        return self._session
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -181,6 +177,6 @@ async def _read_capped(chunks: AsyncIterator[bytes], cap: int, timeout: float) -
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying context for every session: building one costs ~20 ms."""
-    return ssl.create_default_context()
+def ssl_context() -> ssl.SSLContext:
+    """One verifying context (httpx's CA bundle) for every session and pool: building one costs ~20 ms."""
+    return httpx.create_ssl_context()

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
 
     def kubo_url_for(self, tenant_id: int | None) -> str:
         """The tenant's IPFS node: its entry in ``kubo_nodes``, else ``kubo_url``."""
-        return self.kubo_nodes.get(tenant_id, self.kubo_url) if tenant_id is not None else self.kubo_url
+        return self.kubo_nodes.get(tenant_id, self.kubo_url)  # type: ignore[arg-type]  # None: the default
 
     def concurrency_for(self, tenant_id: int, task_type: str) -> int:
         """Most specific wins: tenant:type, then tenant, then type, then the default."""

@@ -359,12 +359,7 @@ class PrivateMariaDB:
     def stop(self) -> None:
         """``mysqladmin shutdown``, then wait for the process to exit."""
         subprocess.run(["mysqladmin", "-h127.0.0.1", f"-P{self.port}", "-uroot", "shutdown"], capture_output=True)
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        _reap(self._proc, timeout=30)
         self._proc = None
 
     def ensure_up(self) -> None:
@@ -430,12 +425,7 @@ class PrivateRedis:
     def stop(self) -> None:
         """``redis-cli shutdown nosave``: every key is gone, as after a restart without persistence."""
         subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        _reap(self._proc, timeout=10)
         self._proc = None
 
     def close(self) -> None:
@@ -451,6 +441,17 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+def _reap(proc: subprocess.Popen | None, timeout: float) -> None:
+    """Wait for a server process told to shut down; kill it if it takes longer than ``timeout``."""
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def kill_connections(admin: pymysql.connections.Connection, db_name: str, *, idle_only: bool) -> int:
