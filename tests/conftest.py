@@ -80,10 +80,16 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def prefect_api(prefect_server):
-    """Flows in this process report to the session's real Prefect server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Flows in this process report to the session's real Prefect server, with its credential.
 
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+    Subprocesses that tests start from ``os.environ`` (CLI runs) get the credential too.
+    """
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_AUTH_STRING")
+    os.environ["PREFECT_API_AUTH_STRING"] = prefect_server.auth_string
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url,
+                             PREFECT_API_AUTH_STRING: prefect_server.auth_string}):
         yield
         # Send the logs and events still queued while the server is up; otherwise Prefect's
         # workers try at interpreter exit and print "All connection attempts failed".
@@ -92,6 +98,10 @@ def prefect_api(prefect_server):
 
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
+    if saved is None:
+        os.environ.pop("PREFECT_API_AUTH_STRING", None)
+    else:
+        os.environ["PREFECT_API_AUTH_STRING"] = saved
 
 
 @pytest.fixture(scope="module")
