@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -102,6 +104,24 @@ def prefect_api(prefect_server):
         os.environ.pop("PREFECT_API_AUTH_STRING", None)
     else:
         os.environ["PREFECT_API_AUTH_STRING"] = saved
+
+
+def prefect_db_dump(prefect_server) -> str:
+    """Everything the server stored (flow and task runs, states, parameters, logs), as SQL text."""
+    from deployments.local_server import PG_URL
+
+    base = PG_URL.rsplit("/", 1)[0]
+    out = subprocess.run(["pg_dump", "--data-only", f"{base}/{prefect_server.db}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def auth_needles(auth_string: str | None) -> list[str]:
+    """The Prefect API credential in each form it travels: ``user:password``, the password, and
+    the base64 of a ``Basic`` header; searched for in logs and dumps like the token canaries."""
+    if not auth_string:
+        return []
+    return [auth_string, auth_string.split(":", 1)[1], base64.b64encode(auth_string.encode()).decode()]
 
 
 @pytest.fixture(scope="module")
