@@ -7,7 +7,10 @@
 2. the process work pool of prefect.yaml (``batch-pool``), created if missing;
 3. with ``--deploy``: ``prefect deploy --all`` from the repository root.
 
-Run it with ``PREFECT_API_URL`` pointing at the server. Safe to run again at any time.
+Run it with ``PREFECT_API_URL`` pointing at the server and ``PREFECT_API_AUTH_STRING`` set
+to the server's credential. Safe to run again at any time. The API is checked first: a missing
+or refused credential, or an unreachable server, is a one-line error (exit 2) before anything
+is written.
 """
 
 from __future__ import annotations
@@ -21,9 +24,39 @@ import sys
 
 from deployments.spec import REPO_ROOT, work_pool_name
 
-__all__ = ["ensure_work_pool", "migrate", "deploy_all", "main"]
+__all__ = ["ApiUnusable", "check_api", "deploy_all", "ensure_work_pool", "main", "migrate"]
 
 log = logging.getLogger("deployments.bootstrap")
+
+
+class ApiUnusable(Exception):
+    """The Prefect API cannot be used from here; the message says why, in one line, without the credential."""
+
+
+async def check_api() -> None:
+    """One authenticated request (``/health`` is open even with authentication on)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value() or "(ephemeral)"
+    try:
+        async with get_client() as client:
+            (await client.hello()).raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 401:
+            raise ApiUnusable(f"the Prefect API at {url} answered {exc.response.status_code}") from None
+        if PREFECT_API_AUTH_STRING.value() is None:
+            raise ApiUnusable(
+                f"the Prefect API at {url} requires authentication: set PREFECT_API_AUTH_STRING "
+                "to the server's PREFECT_SERVER_API_AUTH_STRING"
+            ) from None
+        raise ApiUnusable(
+            f"the Prefect API at {url} refused PREFECT_API_AUTH_STRING (401): it must equal the "
+            "server's PREFECT_SERVER_API_AUTH_STRING"
+        ) from None
+    except (httpx.TransportError, OSError) as exc:
+        raise ApiUnusable(f"cannot reach the Prefect API at {url}: {type(exc).__name__}") from None
 
 
 async def ensure_work_pool(name: str) -> bool:
@@ -73,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        asyncio.run(check_api())
+    except ApiUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.skip_migrations:
         log.info("mirror database at revision %s", migrate())
     pool = work_pool_name()

@@ -33,7 +33,7 @@ from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, de
 from tasks.items import process_chunk, process_item
 
 __all__ = [
-    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name",
+    "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name",
 ]
 
 PAGE = 5000
@@ -82,31 +82,14 @@ def batch_flow(name: str):
     )
 
 
-def items_flow(name: str, task_type: str, item_doc: str):
-    """The flow of a type whose input is a list of items (``task_data = {"items": [...]}``)."""
+async def run_items_flow(task_type: str, *, items: list[dict[str, Any]] | None, **request: Any) -> State:
+    """Flow body of a type whose input is a list of items (``task_data = {"items": [...]}``).
 
-    async def run(
-        tenant_id: int | None = None,
-        items: list[dict[str, Any]] | None = None,
-        task_name: str | None = None,
-        create_admin_id: int = 0,
-        batch_id: int | None = None,
-        takeover: bool = False,
-    ):
-        task_data = {"items": items} if items is not None else None
-        return await run_batch_flow(
-            task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
-            create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
-        )
-
-    run.__name__ = run.__qualname__ = task_type
-    run.__doc__ = (
-        f"``items``: {item_doc}, one per account of the tenant.\n\n"
-        "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
-        "failed/cancelled one: only items still pending are processed. ``takeover`` also claims a\n"
-        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out."
-    )
-    return batch_flow(name)(run)
+    Each such type defines its own ``@batch_flow`` function at module level (so a deployment's
+    entrypoint names that module) and calls this with its parameters.
+    """
+    task_data = {"items": items} if items is not None else None
+    return await run_batch_flow(task_type, task_data=task_data, **request)
 
 
 def batch_run_name(flow_name: str):

@@ -141,7 +141,7 @@ class Deployed:
     def client(self):
         from prefect.client.orchestration import SyncPrefectClient
 
-        return SyncPrefectClient(api=self.api_url)
+        return SyncPrefectClient(api=self.api_url, auth_string=self.env.get("PREFECT_API_AUTH_STRING"))
 
     # -- the mirror --------------------------------------------------------------
     def sql(self, query: str, **params: Any) -> list[Any]:
