@@ -5,7 +5,13 @@
 1. ``python -m db upgrade`` against ``BATCH_DATABASE_URL`` (additive migrations; existing
    admin-panel tables are kept);
 2. the process work pool of prefect.yaml (``batch-pool``), created if missing;
-3. with ``--deploy``: ``prefect deploy --all`` from the repository root.
+3. the automation "crash zombie flow runs" (created, or updated when it differs): a flow run
+   that stops sending heartbeats for ``ZOMBIE_AFTER_S`` is marked CRASHED. Workers send them
+   every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (set 30 on every worker: the
+   smallest value Prefect accepts; its default, 180, would leave a dead run RUNNING 9 min);
+4. with ``--deploy``: ``prefect deploy --all`` from the repository root, without
+   ``BATCH_REPO_DIR`` in its environment, so the pull step keeps ``{{ $BATCH_REPO_DIR }}``
+   and each worker resolves it to its own checkout when a run starts.
 
 Run it with ``PREFECT_API_URL`` pointing at the server. Safe to run again at any time.
 """
@@ -18,12 +24,17 @@ import logging
 import os
 import subprocess
 import sys
+from typing import Any
 
 from deployments.spec import REPO_ROOT, work_pool_name
 
-__all__ = ["ensure_work_pool", "migrate", "deploy_all", "main"]
+__all__ = ["ensure_work_pool", "ensure_zombie_automation", "zombie_automation", "migrate", "deploy_all", "main"]
 
 log = logging.getLogger("deployments.bootstrap")
+
+ZOMBIE_AUTOMATION = "crash zombie flow runs"
+HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_FREQUENCY_S  # three missed heartbeats
 
 
 async def ensure_work_pool(name: str) -> bool:
@@ -54,6 +65,59 @@ async def ensure_work_pool(name: str) -> bool:
         return True
 
 
+def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> Any:
+    """Prefect's "detect zombie flows" automation: no heartbeat (nor an ending) within
+    ``after_s`` of a flow run's last heartbeat -> CRASHED. The crash fires the maintenance
+    deployment's trigger, which starts a stand-in run when a maintenance run was the zombie."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"A flow run sent no heartbeat for {after_s}s (its worker or host is gone): mark it Crashed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_s),
+        ),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=f"no heartbeat for {after_s}s: marked Crashed by the zombie automation",
+        )],
+    )
+
+
+async def ensure_zombie_automation() -> str:
+    """Create the zombie automation, or update it when it differs; returns what was done."""
+    from prefect.client.orchestration import get_client
+
+    wanted = zombie_automation()
+    async with get_client() as client:
+        existing = await client.read_automations_by_name(ZOMBIE_AUTOMATION)
+        if not existing:
+            await client.create_automation(wanted)
+            return "created"
+        first, *duplicates = existing
+        for extra in duplicates:
+            await client.delete_automation(extra.id)
+        same = all(
+            getattr(first, f) == getattr(wanted, f) for f in ("description", "enabled", "trigger", "actions")
+        )
+        if same and not duplicates:
+            return "unchanged"
+        await client.update_automation(first.id, wanted)
+        return "updated"
+
+
 def migrate() -> str | None:
     from db import current, upgrade
 
@@ -62,7 +126,10 @@ def migrate() -> str | None:
 
 
 def deploy_all() -> None:
-    subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "BATCH_REPO_DIR"}  # resolved per worker, at run time
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env, check=True
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     pool = work_pool_name()
     created = asyncio.run(ensure_work_pool(pool))
     log.info("work pool %r %s", pool, "created" if created else "already exists")
+    log.info("automation %r %s", ZOMBIE_AUTOMATION, asyncio.run(ensure_zombie_automation()))
     if args.deploy:
         deploy_all()
-    if not os.environ.get("BATCH_REPO_DIR"):
-        log.info("reminder: workers need BATCH_REPO_DIR=<this checkout> (now: %s) in their environment", REPO_ROOT)
+    log.info("reminder: every worker needs BATCH_REPO_DIR=<its checkout> (here: %s) and "
+             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=%s in its environment", REPO_ROOT, HEARTBEAT_FREQUENCY_S)
     return 0
 
 
