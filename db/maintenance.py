@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -296,6 +297,7 @@ def dispatch_notes(session: Session, batch_ids: list[int]) -> dict[int, Dispatch
 REAPER_OWNER = "reaper"
 AUTO_RESUME_OWNER = "auto-resume"
 GAVE_UP_OWNER = "reaper:gave-up"
+_RESUME_HINT = re.compile(r"; resume[^;]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,7 @@ def reserve_auto_resumes(
             session.execute(update(TASK).where(TASK.c.id == batch_id).values(error_message=truncate(note)))
             gave_up.append(int(batch_id))
             continue
-        reason = (task.error_message or "its run died").split("; resume", 1)[0]  # the hint is for people
+        reason = _RESUME_HINT.sub("", task.error_message or "its run died")  # the hint is for people
         session.execute(
             update(RUN)
             .where(RUN.c.task_id == batch_id)

@@ -11,7 +11,10 @@
    smallest value Prefect accepts; its default, 180, would leave a dead run RUNNING 9 min);
 4. with ``--deploy``: ``prefect deploy --all`` from the repository root, without
    ``BATCH_REPO_DIR`` in its environment, so the pull step keeps ``{{ $BATCH_REPO_DIR }}``
-   and each worker resolves it to its own checkout when a run starts.
+   and each worker resolves it to its own checkout when a run starts; then the maintenance
+   schedule's anchor is set: to the scheduled start of the maintenance run still running
+   (a redeploy keeps the overlap, no gap), or, when none runs, to ``FIRST_RUN_AFTER_S``
+   from now (a first install dispatches at once, not at the next 900 s tick).
 
 Run it with ``PREFECT_API_URL`` pointing at the server. Safe to run again at any time.
 """
@@ -35,6 +38,8 @@ log = logging.getLogger("deployments.bootstrap")
 ZOMBIE_AUTOMATION = "crash zombie flow runs"
 HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_FREQUENCY_S  # three missed heartbeats
+MAINTENANCE = "maintenance/maintenance"
+FIRST_RUN_AFTER_S = 20
 
 
 async def ensure_work_pool(name: str) -> bool:
@@ -118,6 +123,42 @@ async def ensure_zombie_automation() -> str:
         return "updated"
 
 
+async def anchor_maintenance_schedule() -> str:
+    """Anchor the maintenance interval schedule (see the module docstring); returns the anchor."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(MAINTENANCE)
+        live = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING]))),
+            deployment_filter=_deployment_filter(deployment.id),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1,
+        )
+        if live and live[0].expected_start_time is not None:
+            anchor = live[0].expected_start_time
+        else:
+            anchor = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=FIRST_RUN_AFTER_S)
+        for item in deployment.schedules:
+            if isinstance(item.schedule, IntervalSchedule):
+                await client.update_deployment_schedule(deployment.id, item.id, schedule=IntervalSchedule(
+                    interval=item.schedule.interval, anchor_date=anchor, timezone=item.schedule.timezone,
+                ))
+    return anchor.isoformat()
+
+
+def _deployment_filter(deployment_id: Any) -> Any:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+
+
 def migrate() -> str | None:
     from db import current, upgrade
 
@@ -148,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("automation %r %s", ZOMBIE_AUTOMATION, asyncio.run(ensure_zombie_automation()))
     if args.deploy:
         deploy_all()
+        log.info("maintenance schedule anchored at %s", asyncio.run(anchor_maintenance_schedule()))
     log.info("reminder: every worker needs BATCH_REPO_DIR=<its checkout> (here: %s) and "
              "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=%s in its environment", REPO_ROOT, HEARTBEAT_FREQUENCY_S)
     return 0

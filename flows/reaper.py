@@ -52,9 +52,17 @@ def resume_hint(batch_id: int, task_type: str | None = None) -> str:
     return f"resume with a run of its deployment with batch_id={batch_id}"
 
 
-def reap_once(gone_grace_s: float | None = None) -> dict:
-    """One reaper pass, then the automatic resumes it made due (call it inside a flow)."""
+def reap_once(
+    gone_grace_s: float | None = None,
+    auto_resume_max: int | None = None,
+    deployments: dict[str, str] | None = None,
+) -> dict:
+    """One reaper pass, then the automatic resumes it made due (call it inside a flow).
+
+    ``auto_resume_max`` defaults to ``BATCH_AUTO_RESUME_MAX``; ``deployments`` (task_type ->
+    deployment) to the dispatcher's map."""
     settings = get_settings()
+    resume_max = settings.auto_resume_max if auto_resume_max is None else auto_resume_max
     grace = gone_grace_s if gone_grace_s is not None else max(3 * settings.heartbeat_interval_s, 15.0)
     stale_after = settings.reaper_stale_after_s
     now = int(time.time())
@@ -82,10 +90,10 @@ def reap_once(gone_grace_s: float | None = None) -> dict:
         )
     if gone or stale:
         get_run_logger().warning("reaped: %s gone, %s stale", gone, stale)
-    return {"gone": gone, "stale": stale, "resumed": auto_resume_once(settings.auto_resume_max)}
+    return {"gone": gone, "stale": stale, "resumed": auto_resume_once(resume_max, deployments)}
 
 
-def auto_resume_once(max_attempts: int) -> list[int]:
+def auto_resume_once(max_attempts: int, deployments: dict[str, str] | None = None) -> list[int]:
     """Start the resume run of every reaped batch with attempts left; returns their batch ids.
 
     Each attempt is reserved once in la_batch_run (a compare-and-set) and its flow run is
@@ -93,23 +101,24 @@ def auto_resume_once(max_attempts: int) -> list[int]:
     maintenance runs start one run per attempt. A resume run that ended without claiming
     the batch (its worker died too) hands it back for the next attempt.
     """
-    if max_attempts > 0 and awaiting_resume():
-        reserve_resumes(max_attempts)
-    started, now = [], int(time.time())
-    for resume in resumes_reserved():
-        deployment = deployment_for(resume.task_type)
-        if deployment is None:
-            continue  # a type this installation does not run any more: it stays failed
-        if resume.flow_run_id is None:
-            try:
-                if start_resume_run(resume, deployment, max_attempts):
-                    started.append(resume.batch_id)
-            except Exception as exc:  # e.g. the API is down: retried on the next pass
-                get_run_logger().error("batch %s: cannot start its resume run: %s", resume.batch_id, exc)
-        elif now - resume.since >= RESUME_RUN_GRACE_S:
+    now = int(time.time())
+    for resume in resumes_reserved():  # resume runs that ended without claiming: hand the batch back
+        if resume.flow_run_id is not None and now - resume.since >= RESUME_RUN_GRACE_S:
             ending = flow_run_ending(resume.flow_run_id)
             if ending is not None:
                 resume_run_lost(resume, ending)
+    if max_attempts > 0 and awaiting_resume():
+        reserve_resumes(max_attempts)
+    started = []
+    for resume in resumes_reserved():
+        deployment = deployment_for(resume.task_type) if deployments is None else deployments.get(resume.task_type)
+        if resume.flow_run_id is not None or deployment is None:
+            continue  # started already, or a type this installation does not run any more (stays failed)
+        try:
+            if start_resume_run(resume, deployment, max_attempts):
+                started.append(resume.batch_id)
+        except Exception as exc:  # e.g. the API is down: retried on the next pass
+            get_run_logger().error("batch %s: cannot start its resume run: %s", resume.batch_id, exc)
     return started
 
 
@@ -122,8 +131,8 @@ def _type_of(batch_id: int) -> str | None:
 
 
 @flow(name="reaper")
-def reaper(gone_grace_s: float | None = None) -> dict:
-    return reap_once(gone_grace_s)
+def reaper(gone_grace_s: float | None = None, auto_resume_max: int | None = None) -> dict:
+    return reap_once(gone_grace_s, auto_resume_max)
 
 
 def main(argv: list[str] | None = None) -> int:
