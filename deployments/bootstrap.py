@@ -128,6 +128,7 @@ async def anchor_maintenance_schedule() -> str:
     from datetime import datetime, timedelta, timezone
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.schedules import IntervalSchedule
@@ -150,6 +151,10 @@ async def anchor_maintenance_schedule() -> str:
                 await client.update_deployment_schedule(deployment.id, item.id, schedule=IntervalSchedule(
                     interval=item.schedule.interval, anchor_date=anchor, timezone=item.schedule.timezone,
                 ))
+        # A schedule update leaves the deployment's `updated` as it was, so only the scheduler's
+        # 60 s loop would see it (after the first run's time: it would be skipped). Touching the
+        # deployment lets the "recent deployments" loop (every 5 s) schedule it now.
+        await client.update_deployment(deployment.id, DeploymentUpdate(description=deployment.description))
     return anchor.isoformat()
 
 

@@ -67,7 +67,7 @@ def maintenance(
         except Exception as exc:  # e.g. the mirror or the API is down for a moment: try again next poll
             log.error("maintenance pass failed: %s: %s", type(exc).__name__, exc)
             done = Counter(error=1)
-        if done:
+        if set(done) - {"waiting"}:  # rows whose run has not claimed them yet are no news
             log.info("maintenance pass: %s", dict(done))
         totals.update(done)
         if time.monotonic() + poll_s > deadline:
