@@ -11,6 +11,7 @@ reap and resume dead batches). nightly-check and prune are paused; tests start t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,8 +39,8 @@ T = TypeVar("T")
 
 # Tenants and their accounts; each test owns some of them.
 TENANTS = {7: 60, 8: 40, 9: 300, 10: 300, 11: 5, 12: 5}
-KILL_TENANTS = (13, 14, 15, 16, 17, 18)  # the two-worker kill test: six tenants at once
-TENANTS.update({t: 240 for t in KILL_TENANTS})
+KILL_TENANTS = (13, 14, 15, 16, 17, 18)  # the two-worker kill test seeds them itself: six tenants at once
+KILL_TENANT_CONCURRENCY = 3  # its batches run about a minute each, so all six run at once on a busy host
 POOL = "batch-pool"
 WORKER_LIMIT = 5  # flow runs per worker: six batches at once must spread over both workers
 
@@ -230,6 +231,7 @@ def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPa
             "BATCH_PLATFORM_URL": sim.url,
             "BATCH_REPO_DIR": str(REPO_ROOT),
             "BATCH_CONCURRENCY": "10",
+            "BATCH_CONCURRENCY_PER_TENANT": json.dumps({str(t): KILL_TENANT_CONCURRENCY for t in KILL_TENANTS}),
             "PREFECT_LOGGING_LEVEL": "INFO",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as docs/operations.md sets it on workers
             "PREFECT_WORKER_QUERY_SECONDS": "5",  # docs/operations.md: halves the pick-up share of dispatch
