@@ -178,14 +178,12 @@ class RunningBatch:
     seen: int  # last heartbeat (or la_batch_task.update_time when there is none)
 
 
-def _dispatch_attempt(owner: str | None) -> int | None:
-    prefix = DISPATCHER_OWNER + ":"
-    if owner is None or not owner.startswith(prefix):
+def _dispatch_attempt(owner: str | None, prefix: str = DISPATCHER_OWNER) -> int | None:
+    """n of an owner ``<prefix>:<n>`` (a dispatch or an automatic resume attempt), else None."""
+    head = prefix + ":"
+    if owner is None or not owner.startswith(head) or not owner[len(head):].isdigit():
         return None
-    try:
-        return int(owner[len(prefix):])
-    except ValueError:
-        return None
+    return int(owner[len(head):])
 
 
 def fail_pending(session: Session, batch_id: int, reason: str, now: int | None = None) -> bool:
@@ -233,10 +231,13 @@ def reserve_dispatch(session: Session, batch_id: int, now: int | None = None) ->
 
 def record_dispatch(session: Session, batch_id: int, attempt: int, flow_run_id: str) -> bool:
     """Store the flow run an attempt created (guarded: only if no run claimed the batch since)."""
+    return _record_flow_run(session, batch_id, f"{DISPATCHER_OWNER}:{attempt}", flow_run_id)
+
+
+def _record_flow_run(session: Session, batch_id: int, owner: str, flow_run_id: str) -> bool:
+    """Note the flow run that an attempt (``owner``) created, only while that attempt is current."""
     return session.execute(
-        update(RUN)
-        .where(RUN.c.task_id == batch_id, RUN.c.owner == f"{DISPATCHER_OWNER}:{attempt}")
-        .values(flow_run_id=flow_run_id)
+        update(RUN).where(RUN.c.task_id == batch_id, RUN.c.owner == owner).values(flow_run_id=flow_run_id)
     ).rowcount == 1
 
 
@@ -313,13 +314,6 @@ class Resume:
     since: int  # when the attempt was reserved
 
 
-def _resume_attempt(owner: str | None) -> int | None:
-    prefix = AUTO_RESUME_OWNER + ":"
-    if owner is None or not owner.startswith(prefix) or not owner[len(prefix):].isdigit():
-        return None
-    return int(owner[len(prefix):])
-
-
 def reaped_recently(session: Session, *, window_s: int, now: int | None = None) -> bool:
     """Whether a batch failed by the reaper in the last ``window_s`` awaits its automatic resume."""
     since = now_or(now) - window_s
@@ -393,7 +387,7 @@ def resumes_to_start(session: Session) -> list[Resume]:
     )
     out = []
     for r in rows:
-        attempt = _resume_attempt(r.owner)
+        attempt = _dispatch_attempt(r.owner, AUTO_RESUME_OWNER)
         if attempt is not None:
             out.append(Resume(int(r.task_id), int(r.tenant_id), str(r.task_type), int(r.create_time), attempt,
                               r.flow_run_id, int(r.update_time)))
@@ -402,11 +396,7 @@ def resumes_to_start(session: Session) -> list[Resume]:
 
 def record_resume(session: Session, batch_id: int, attempt: int, flow_run_id: str) -> bool:
     """Store the flow run of a resume attempt (guarded: only while the attempt is still current)."""
-    return session.execute(
-        update(RUN)
-        .where(RUN.c.task_id == batch_id, RUN.c.owner == f"{AUTO_RESUME_OWNER}:{attempt}")
-        .values(flow_run_id=flow_run_id)
-    ).rowcount == 1
+    return _record_flow_run(session, batch_id, f"{AUTO_RESUME_OWNER}:{attempt}", flow_run_id)
 
 
 def resume_lost(session: Session, seen: Resume, reason: str, now: int | None = None) -> bool:
