@@ -37,7 +37,10 @@ log = logging.getLogger("deployments.bootstrap")
 
 ZOMBIE_AUTOMATION = "crash zombie flow runs"
 HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
-ZOMBIE_AFTER_S = 3 * HEARTBEAT_FREQUENCY_S  # three missed heartbeats
+# Two missed heartbeats. Prefect's recipe uses three; two keep a lost worker's maintenance run
+# replaced within the 3-minute resume bound. A false alarm is harmless: a live batch run that
+# is marked Crashed keeps heartbeating in the mirror, so the reaper leaves it alone.
+ZOMBIE_AFTER_S = 2 * HEARTBEAT_FREQUENCY_S
 MAINTENANCE = "maintenance/maintenance"
 FIRST_RUN_AFTER_S = 20
 

@@ -149,7 +149,7 @@ def test_six_tenants_on_two_workers_survive_a_sigkilled_worker(system: Deployed)
         client.close()
 
     # Prefect's own chain: the zombie automation crashes the dead runs (they stay RUNNING on
-    # the server otherwise), and the crash starts a stand-in maintenance run.
+    # the server otherwise), and a crashed maintenance run starts a stand-in.
     with system.client() as c:
         crashed = wait_for(
             lambda: all(c.read_flow_run(owner[b]).state.is_crashed() for b in killed_batches) and time.monotonic(),
@@ -158,12 +158,11 @@ def test_six_tenants_on_two_workers_survive_a_sigkilled_worker(system: Deployed)
         system.timings["sigkill_to_zombie_crashed_s"] = crashed - killed
         message = c.read_flow_run(owner[next(iter(killed_batches))]).state.message or ""
     assert "zombie" in message, message
-    stand_ins = wait_for(
-        lambda: [r for r in _maintenance_runs(system) if r.parameters.get("stand_in")
-                 and r.created.timestamp() >= killed_wall], 60, interval=1, what="a stand-in maintenance run",
-    )
     system.timings["maintenance_on_killed_worker"] = float(maintenance_on_victim)
-    assert stand_ins
+    if maintenance_on_victim:
+        stand_ins = [r for r in _maintenance_runs(system) if r.parameters.get("stand_in")
+                     and r.created.timestamp() >= killed_wall]
+        assert stand_ins and all(str(r.id) in survivor.flow_run_ids() for r in stand_ins), stand_ins
 
 
 def test_the_servers_scheduler_created_the_maintenance_runs(system: Deployed) -> None:
@@ -173,7 +172,7 @@ def test_the_servers_scheduler_created_the_maintenance_runs(system: Deployed) ->
     assert bad is None, log[max(0, bad.start() - 500): bad.end() + 2000]
     runs = _maintenance_runs(system)
     scheduled = [r for r in runs if r.auto_scheduled]
-    assert any(r.state_type in (StateType.RUNNING, StateType.COMPLETED) for r in scheduled), runs
+    assert any(r.start_time is not None for r in scheduled), runs  # it ran (it may have died with a worker since)
     starts = sorted(r.expected_start_time for r in scheduled)
     gaps = {(b - a).total_seconds() for a, b in zip(starts, starts[1:])}
     assert gaps == {900.0}, starts  # one run every 15 minutes, created ahead by the scheduler
