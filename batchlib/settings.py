@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # Locks and liveness
     lock_ttl_s: float = Field(30.0, gt=0)
     heartbeat_interval_s: float = Field(5.0, gt=0)
-    reaper_stale_after_s: int = Field(120, ge=10)
+    reaper_stale_after_s: int = Field(60, ge=10)  # keep above lock_ttl_s: a resume must find the lease free
+    auto_resume_max: int = Field(3, ge=0)  # automatic resumes per batch after its run died; 0: never
     db_outage_budget_s: float = Field(60.0, gt=0)  # stop a batch when the mirror stays unwritable this long
     cancel_poll_s: float = Field(2.0, gt=0)  # how often a run asks Prefect whether it is being cancelled
     progress_log_s: float = Field(2.0, gt=0)

@@ -30,7 +30,7 @@ __all__ = [
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat",
     "add_details", "set_total", "pending_items", "record_outcomes", "finish_batch",
-    "recount", "counters", "get_batch", "find_active", "is_active_guard_violation",
+    "recount", "counters", "get_batch", "find_active", "is_active_guard_violation", "AUTO_RESUME_NOTE",
 ]
 
 
@@ -136,6 +136,11 @@ def counters(session: Session, batch_id: int) -> Counts:
 
 # -- create and claim ------------------------------------------------------------------
 
+# error_message of a batch the maintenance flow resumed by itself ("auto-resume 1/3 after: ...").
+# A claim and a clean finish keep it, so the admin panel still sees that the batch was resumed.
+AUTO_RESUME_NOTE = "auto-resume"
+_KEPT_NOTE = case((TASK.c.error_message.like(AUTO_RESUME_NOTE + " %"), TASK.c.error_message), else_=None)
+
 
 def create_batch(
     session: Session,
@@ -239,7 +244,7 @@ def claim_batch(
                     task_status=st.RUNNING,
                     start_time=func.coalesce(TASK.c.start_time, now),
                     end_time=None,
-                    error_message=None,
+                    error_message=_KEPT_NOTE,
                     update_time=now,
                 )
             ).rowcount
@@ -436,7 +441,7 @@ def _final_values(counts: Counts, status: str, error_message: str | None, now: i
         "task_status": status,
         "end_time": now,
         "update_time": now,
-        "error_message": truncate(error_message),
+        "error_message": _KEPT_NOTE if error_message is None else truncate(error_message),
         "total_count": counts.total,
         "processed_count": counts.processed,
         "success_count": counts.success,

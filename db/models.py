@@ -88,6 +88,7 @@ class BatchRun(Base):
     heartbeat_time: Mapped[Optional[int]] = mapped_column(Integer)
     create_time: Mapped[int] = mapped_column(Integer)
     update_time: Mapped[int] = mapped_column(Integer)
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # automatic resumes (migration 0006)
 
 
 class Account(Base):

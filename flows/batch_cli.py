@@ -53,9 +53,16 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
+    from prefect import tags
+
     quiet_prefect()
+    # The tags a deployment run gets from its deployment (and the maintenance flow adds), so
+    # the UI's tag filter `batch` finds runs started from this command line too.
+    labels = ["batch", flow_fn.name.replace("-", "_"), "cli"]
+    labels += [f"{k.split('_')[0]}-{parameters[k]}" for k in ("tenant_id", "batch_id") if parameters.get(k) is not None]
     try:
-        state = asyncio.run(flow_fn(**parameters, return_state=True))
+        with tags(*labels):
+            state = asyncio.run(flow_fn(**parameters, return_state=True))
     except Exception as exc:  # the run could not even start (API unreachable, parameters refused)
         first_line = (str(exc).splitlines() or [""])[0][:200]
         print(f"error: could not start the flow run: {type(exc).__name__}: {first_line}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """dispatcher: start the batches the admin panel inserts as ``pending`` la_batch_task rows.
 
     python -m flows.dispatcher            # one pass
-    python -m flows.dispatcher --loop 60  # poll every 2 s for 60 s (what the deployment does)
+    python -m flows.dispatcher --loop 60  # poll every 2 s for 60 s (the maintenance flow does this, and reaps)
 
 Each pending row becomes one deployment run of its type, with parameters
 ``{batch_id, tenant_id}``; the run claims the row and owns it from then on. A row whose

@@ -19,7 +19,7 @@ from batchlib.outcomes import ItemOutcome
 from db import add_details, claim_batch, create_batch, record_outcomes, run_transaction
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
-from flows.reaper import reaper
+from flows.reaper import reap_once, reaper
 from tasks.hooks import close_owned_batches
 from tasks.maintenance import PendingRow, row_problem
 
@@ -183,7 +183,7 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
     running_silent = _running_batch(batch_env, 5, _flow_run(Running()), silent_s=500)
     healthy = _running_batch(batch_env, 6, _flow_run(Running()), silent_s=0)
 
-    result = reaper()
+    result = reaper(auto_resume_max=0)
 
     assert sorted(result["gone"]) == sorted([crashed_quiet, missing_quiet])
     assert result["stale"] == [running_silent]
@@ -200,7 +200,43 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
     for batch_id in (crashed_quiet, missing_quiet, running_silent):
         batch_env.assert_consistent(batch_id)
         assert _note(batch_env, batch_id).fence == 2  # the dead owner is fenced out
-    assert reaper() == {"gone": [], "stale": []}
+    assert reaper(auto_resume_max=0) == {"gone": [], "stale": [], "resumed": []}
+
+
+@flow(name="reap-pass")
+def _reap_pass(deployments: dict[str, str], auto_resume_max: int) -> dict:
+    return reap_once(auto_resume_max=auto_resume_max, deployments=deployments)
+
+
+def test_a_dead_run_is_resumed_once_per_attempt_by_overlapping_maintenance(batch_env, unit_deployment) -> None:
+    dead = _running_batch(batch_env, 8, _flow_run(Crashed(message="SIGKILL")), silent_s=30)
+    first = _reap_pass(unit_deployment, 2)
+    assert (first["gone"], first["resumed"]) == ([dead], [dead])
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []  # an overlapping pass starts nothing more
+    (run,) = _runs_of(dead, unit_deployment)
+    assert {"auto-resume", "auto-resume-1", "tenant-8", f"batch-{dead}"} <= set(run.tags)
+    assert run.parameters == {"batch_id": dead, "tenant_id": 8}
+    row = batch_env.batch(dead)
+    assert row["task_status"] == "failed" and row["error_message"].startswith("auto-resume 1/2 after: flow run ")
+    assert "resume: prefect" not in row["error_message"]
+    assert _note(batch_env, dead).owner == "auto-resume:1" and _note(batch_env, dead).flow_run_id == str(run.id)
+
+    # The resume run never claims the batch (nobody polls its pool): once it ended, attempt 2, then none.
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Crashed(message="its worker died too"), force=True)
+    batch_env.sql("UPDATE la_batch_run SET update_time = update_time - 120 WHERE task_id = :id", id=dead)
+    assert _reap_pass(unit_deployment, 2)["resumed"] == [dead]
+    assert batch_env.batch(dead)["error_message"].startswith("auto-resume 2/2 after: auto-resume run ")
+    second = [r for r in _runs_of(dead, unit_deployment) if r.id != run.id]
+    assert len(second) == 1 and "auto-resume-2" in second[0].tags
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(second[0].id, Crashed(), force=True)
+    batch_env.sql("UPDATE la_batch_run SET update_time = update_time - 120 WHERE task_id = :id", id=dead)
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []
+    row = batch_env.batch(dead)
+    assert row["task_status"] == "failed" and row["error_message"].startswith("no automatic resume left (2/2 used)")
+    assert len(_runs_of(dead, unit_deployment)) == 2
 
 
 def _pin_sync_with_a_failed_pin(batch_env, tenant_id: int, flow_run_id: str, silent_s: int) -> int:
@@ -223,7 +259,7 @@ def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending:
     batch_id = _pin_sync_with_a_failed_pin(batch_env, 7, flow_run_id, silent_s)
 
     if ending.startswith("reaper"):
-        result = reaper()
+        result = reaper(auto_resume_max=0)
         assert batch_id in result["gone"] + result["stale"]
     else:
         assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
