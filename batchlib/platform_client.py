@@ -7,7 +7,8 @@ What each answer leads to::
     2xx JSON of the wrong shape                  -> BadPlatformResponse (not retried)
     body over max_body_bytes                     -> BadPlatformResponse (streamed, stops at the cap)
     401                                          -> one single-flight refresh per account, then one retry;
-                                                    refresh refused -> TokenRefreshFailed
+                                                    tokens stored by someone else meanwhile are used
+                                                    instead of refreshing; refresh refused -> TokenRefreshFailed
     429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
     5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
     (a timeout: no byte for ``read_timeout``, or the body not complete ``body_timeout`` after
@@ -88,10 +89,14 @@ class TokenStore(Protocol):
 
     async def load(self, account_id: int) -> Credentials: ...
 
+    async def reload(self, account_id: int) -> Credentials:
+        """Read the stored tokens again (someone else may have refreshed them); return them."""
+        ...
+
     async def save(
-        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+        self, account_id: int, old: Credentials, access_token: str, refresh_token: str, expires_in: int
     ) -> Credentials:
-        """Store new tokens if the stored version is still ``old_version``; return what is stored now."""
+        """Store the pair obtained by refreshing ``old`` unless the stored pair moved on; return what is stored now."""
         ...
 
 
@@ -112,12 +117,14 @@ class InMemoryTokenStore:
     async def load(self, account_id: int) -> Credentials:
         return self._tokens[account_id]
 
+    reload = load
+
     async def save(
-        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+        self, account_id: int, old: Credentials, access_token: str, refresh_token: str, expires_in: int
     ) -> Credentials:
         current = self._tokens[account_id]
-        if current.version == old_version:
-            current = self._tokens[account_id] = Credentials(access_token, refresh_token, old_version + 1)
+        if current.refresh_token == old.refresh_token:
+            current = self._tokens[account_id] = Credentials(access_token, refresh_token, current.version + 1)
             self.saves += 1
         return current
 
@@ -266,12 +273,18 @@ class PlatformClient:
                 return current  # someone refreshed since our call failed
             if self._refused.get(account_id) == current.version:
                 raise TokenRefreshFailed("refresh token rejected", status_code=400)
+            current = await self._store.reload(account_id)
+            if current.version != failed.version:
+                return current  # stored by someone else (the admin system refreshes too)
             self.refreshes += 1
             logger.debug("refreshing the tokens of account %s", account_id)
             status, data = await self._exchange(
                 "POST", REFRESH_PATH, None, {"refresh_token": current.refresh_token}, budget
             )
             if status in (400, 401):
+                newer = await self._store.reload(account_id)  # rotated by someone else meanwhile?
+                if newer.version != current.version:
+                    return newer
                 self._refused[account_id] = current.version
                 raise TokenRefreshFailed("refresh token rejected", status_code=status)
             if not 200 <= status < 300:
@@ -281,7 +294,7 @@ class PlatformClient:
                 isinstance(expires_in, int) and not isinstance(expires_in, bool)
             ):
                 raise BadPlatformResponse("unexpected refresh response from the platform", status_code=status)
-            return await self._store.save(account_id, current.version, access, refresh, expires_in)
+            return await self._store.save(account_id, current, access, refresh, expires_in)
 
     # -- one request with transient retries ---------------------------------------
     async def _exchange(

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 
+from batchlib.errors import BatchError
 from deployments.spec import REPO_ROOT, work_pool_name
 
 __all__ = ["ensure_work_pool", "migrate", "deploy_all", "main"]
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.skip_migrations:
-        log.info("mirror database at revision %s", migrate())
+        try:
+            log.info("mirror database at revision %s", migrate())
+        except BatchError as exc:  # the accounts table is not what the settings describe
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     pool = work_pool_name()
     created = asyncio.run(ensure_work_pool(pool))
     log.info("work pool %r %s", pool, "created" if created else "already exists")

@@ -694,6 +694,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--banned-fraction", type=float, default=0.0)
     parser.add_argument("--restricted-fraction", type=float, default=0.0)
+    parser.add_argument(
+        "--accounts-file", help="also know the accounts of this CSV/JSON file (as `python -m db import-accounts` reads it)"
+    )
     parser.add_argument("--log-max", type=int, default=1_000_000, help="call-log entries kept")
     parser.add_argument("--log-level", default="warning")
     for f in fields(Knobs):
@@ -725,6 +728,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             restricted_fraction=args.restricted_fraction,
             seed=args.seed,
         )
+    if args.accounts_file:
+        from batchlib.account_file import read_accounts_file
+
+        for row in read_accounts_file(args.accounts_file):
+            state.register({
+                "uid": row["platform_uid"], "tenant_id": row["tenant_id"], "access_token": row["access_token"],
+                "refresh_token": row["refresh_token"], "nickname": row.get("nickname"),
+                "avatar_url": row.get("avatar_url"), "status": row.get("status") if row.get("status") in STATUSES else "alive",
+            })
     sock = bind_socket(args.host, args.port)
     server = make_server(AccountPlatformApp(state), log_level=args.log_level)
     announce(sock)
