@@ -377,8 +377,9 @@ class AccountPlatformApp:
             return 404, _error("not_found", "no such endpoint")
         if payload is _INVALID:
             return 400, _error("invalid_json", "the body is not a JSON object")
-        if endpoint == REFRESH:
-            return self._refresh(account if token_ok else None)
+        if endpoint == REFRESH:  # checked again now: a concurrent refresh may have spent the token meanwhile
+            spent = account is None or payload.get("refresh_token") != account.refresh_token
+            return self._refresh(None if spent or not token_ok else account)
         if account is None or not token_ok:
             return 401, _error("invalid_token", "the access token is unknown or was rotated")
         if now >= account.expires_at:

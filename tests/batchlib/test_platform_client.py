@@ -319,7 +319,7 @@ def test_from_settings() -> None:
     settings = Settings(platform_url="http://sim.test:8900", http_max_retries=5, http_max_body_bytes=1234)
     client = PlatformClient.from_settings(settings, InMemoryTokenStore())
     assert client.max_retries == 5 and client.max_body_bytes == 1234
-    assert client.max_requests_per_call == 8
+    assert client.max_requests_per_call == 10
     asyncio.run(client.aclose())
 
 
