@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.command == "import-accounts") != (args.file is not None):
         parser.error("a FILE is given with import-accounts, and only there")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if args.command == "import-accounts":
             print(import_file(args.file, args.url, into_adopted=args.into_adopted))

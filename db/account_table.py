@@ -100,6 +100,13 @@ class AccountTable:
             raise AccountTableMismatch(f"{setting_for(missing[0])} is empty: the accounts table needs that column")
         if not spec.table:
             raise AccountTableMismatch("BATCH_ACCOUNT_TABLE is empty")
+        seen: dict[str, str] = {}
+        for role, name in spec.columns:
+            if name.lower() in seen:
+                raise AccountTableMismatch(
+                    f"{setting_for(seen[name.lower()])} and {setting_for(role)} both name the column {name}"
+                )
+            seen[name.lower()] = role
         self.table = sa.Table(
             spec.table,
             sa.MetaData(),
@@ -203,10 +210,9 @@ def verify(bind: Engine | Connection, accounts: AccountTable) -> None:
         kind = accounts.status_kind if ROLES[role] == "status" else ROLES[role]
         column_type = found.get(name.lower())
         if column_type is None:
+            hint = "the table's column that holds it" if role in REQUIRED else 'the right column, or "" if the table has none'
             raise AccountTableMismatch(
-                f"the accounts table {spec.table} has no column {name} ({setting_for(role)}; "
-                'set it to the right column, or to "" if the table has none'
-                + (")" if role not in REQUIRED else ", which it must have)")
+                f"the accounts table {spec.table} has no column {name} (set {setting_for(role)} to {hint})"
             )
         if not _compatible(kind, column_type):
             want = {"int": "an integer", "str": "a string", "uid": "a string or integer"}[kind]
