@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from db import (
@@ -105,3 +105,28 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
     refreshed, cached = asyncio.run(race())
     assert refreshed.access_token == "at-new"
     assert cached == refreshed  # before the fix: the late page read put version 0 back
+
+
+def test_token_store_save_keeps_a_pair_stored_by_someone_else(engine: Engine) -> None:
+    """Compare-and-set on the refresh token: when the row moved on since we read it (the admin
+    system refreshed), our pair is not written and the row's pair is what the store returns."""
+    import asyncio
+
+    from batchlib.token_store import DbTokenStore
+
+    _seed(engine)
+    store = DbTokenStore(engine)
+
+    async def scenario():
+        ours = await store.load(1)
+        with engine.begin() as conn:  # the panel's refresh lands first
+            conn.execute(text("UPDATE la_alt_account SET access_token='at-panel', refresh_token='rt-panel' WHERE id=1"))
+        kept = await store.save(1, ours, "at-ours", "rt-ours", 60)
+        again = await store.save(1, kept, "at-next", "rt-next", 60)  # refreshed from the panel's pair: stored
+        return ours, kept, again
+
+    ours, kept, again = asyncio.run(scenario())
+    assert (kept.access_token, kept.refresh_token) == ("at-panel", "rt-panel") and kept.version > ours.version
+    assert (again.access_token, again.refresh_token) == ("at-next", "rt-next") and again.version > kept.version
+    with Session(engine) as s:
+        assert s.get(Account, 1).refresh_token == "rt-next"  # type: ignore[union-attr]
