@@ -16,7 +16,7 @@ from batchlib.errors import AccountTableMismatch
 from batchlib.settings import get_settings
 from db.engine import make_engine
 from db.migrate import current, upgrade
-from tests.flows.test_adopted_accounts import PANEL_SETTINGS, panel_database, show_create
+from tests.panel_accounts import PANEL_SETTINGS, panel_database, show_create
 
 REPO = Path(__file__).resolve().parents[2]
 HEAD = "0005"

@@ -10,82 +10,19 @@ run leaves no account holding a refresh token the platform has revoked.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
-import pymysql
 import pytest
-from sqlalchemy.engine import make_url
 
-from batchlib.settings import get_settings
-from db import get_engine, upgrade
-from db.ddl import ORIGINAL_DDL
+from db import upgrade
 from db.engine import make_engine
 from flows.account_check import account_check
-from simulators.account_platform import PlatformSimulator
-from tests.flows.conftest import BatchEnv, _configure
-
-PANEL_ACCOUNTS_DDL = """\
-CREATE TABLE `la_alt_account` (
-  `id` int(11) unsigned NOT NULL AUTO_INCREMENT,
-  `tenant_id` int(11) NOT NULL DEFAULT 0 COMMENT '租户ID',
-  `uid` varchar(64) NOT NULL DEFAULT '' COMMENT '平台UID',
-  `nick_name` varchar(100) NOT NULL DEFAULT '' COMMENT '昵称',
-  `avatar` varchar(500) NOT NULL DEFAULT '' COMMENT '头像',
-  `token` varchar(1024) NOT NULL DEFAULT '',
-  `refresh_token` varchar(1024) NOT NULL DEFAULT '',
-  `expire_time` int(11) NOT NULL DEFAULT 0,
-  `status` tinyint(1) NOT NULL DEFAULT 1 COMMENT '1正常 2封禁 3禁用 4受限',
-  `login_ip` varchar(45) NOT NULL DEFAULT '',
-  `create_time` int(11) NOT NULL,
-  `update_time` int(11) NOT NULL,
-  `delete_time` int(11) DEFAULT NULL,
-  PRIMARY KEY (`id`),
-  KEY `idx_tenant` (`tenant_id`),
-  UNIQUE KEY `uk_uid` (`uid`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='小号表'"""
-
-CODES = {"alive": 1, "banned": 2, "disabled": 3, "restricted": 4}
-PANEL_SETTINGS = {
-    "account_col_platform_uid": "uid",
-    "account_col_nickname": "nick_name",
-    "account_col_avatar_url": "avatar",
-    "account_col_access_token": "token",
-    "account_col_token_expires_at": "expire_time",
-    "account_col_last_check_time": "",
-    "account_col_token_version": "",
-    "account_status_map": json.dumps(CODES),
-}
-
-
-def _connect(url: str) -> pymysql.connections.Connection:
-    u = make_url(url)
-    return pymysql.connect(host=u.host, port=u.port or 3306, user=u.username, password=u.password or "",
-                           database=u.database, autocommit=True, charset="utf8mb4")
-
-
-def panel_database(url: str) -> None:
-    """The panel's tables as an existing installation has them (nothing of ours yet)."""
-    conn = _connect(url)
-    with conn.cursor() as cur:
-        for ddl in (*ORIGINAL_DDL.values(), PANEL_ACCOUNTS_DDL):
-            cur.execute(ddl)
-    conn.close()
-
-
-def show_create(url: str, table: str = "la_alt_account") -> str:
-    """The table's definition (its AUTO_INCREMENT counter, moved by the rows inserted, left out)."""
-    conn = _connect(url)
-    with conn.cursor() as cur:
-        cur.execute(f"SHOW CREATE TABLE `{table}`")
-        text = cur.fetchone()[1]
-    conn.close()
-    return re.sub(r" AUTO_INCREMENT=\d+", "", text)
+from tests.flows.conftest import BatchEnv, make_batch_env
+from tests.panel_accounts import CODES, PANEL_SETTINGS, panel_database, show_create
 
 
 def panel_rows(env: BatchEnv, tenant_id: int) -> dict[str, int]:
@@ -104,19 +41,13 @@ def panel_rows(env: BatchEnv, tenant_id: int) -> dict[str, int]:
 @pytest.fixture
 def panel_env(prefect_api: None, mysql_url: str, redis_url: str, redis_prefix: str,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchEnv]:
+    """A database with the panel's tables; its accounts table adopted; migrated twice."""
     panel_database(mysql_url)
-    with PlatformSimulator(latency_ms=5) as sim:
-        _configure(
-            monkeypatch, database_url=mysql_url, redis_url=redis_url, redis_key_prefix=redis_prefix,
-            platform_url=sim.url, concurrency=20, flush_interval_s=0.2, cancel_poll_s=0.5,
-            http_backoff_base_s=0.01, http_backoff_max_s=0.05, **PANEL_SETTINGS,
-        )
-        before = show_create(mysql_url)
-        upgrade(mysql_url)
+    before = show_create(mysql_url)
+    for env in make_batch_env(monkeypatch, mysql_url, redis_url, redis_prefix, **PANEL_SETTINGS):
         upgrade(mysql_url)  # at head: a no-op
         assert show_create(mysql_url) == before
-        yield BatchEnv(mysql_url, get_engine(mysql_url), sim, redis_prefix)
-    get_settings.cache_clear()
+        yield env
 
 
 def test_account_check_on_the_panels_table_stores_its_status_codes(panel_env: BatchEnv) -> None:
