@@ -139,3 +139,31 @@ def test_an_adopted_table_needs_the_flag(sqlite_url: str, tmp_path: Path, capsys
         assert len(_rows(sqlite_url)) == 3
     finally:
         get_settings.cache_clear()
+
+
+def test_the_simulator_knows_the_accounts_of_an_import_file(tmp_path: Path) -> None:
+    """``--accounts-file``: the README path (import, then start the simulator) has working tokens."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from simulators._http import READY_PREFIX
+
+    path = tmp_path / "accounts.csv"
+    path.write_text(CSV, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.account_platform", "--port", "0", "--accounts-file", str(path)],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith(READY_PREFIX), line
+        url = line[len(READY_PREFIX):].strip()
+        me = httpx.get(f"{url}/v1/me", headers={"Authorization": "Bearer at-1"}, timeout=10)
+        assert me.status_code == 200 and me.json()["uid"] == "u7-000001" and me.json()["nickname"] == "Alice"
+        refreshed = httpx.post(f"{url}/v1/oauth/refresh", json={"refresh_token": "rt-3"}, timeout=10)
+        assert refreshed.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
