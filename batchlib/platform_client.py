@@ -288,11 +288,11 @@ class PlatformClient:
             current = await self._store.load(account_id)
             if current.version != failed.version:
                 return current, False  # someone refreshed since our call failed
-            if self._refused.get(account_id) == current.version:
-                raise TokenRefreshFailed("refresh token rejected", status_code=400)
             current = await self._store.reload(account_id)
             if current.version != failed.version:
                 return current, False  # stored by someone else (the admin system refreshes too)
+            if self._refused.get(account_id) == current.version:
+                raise TokenRefreshFailed("refresh token rejected", status_code=400)
             self.refreshes += 1
             logger.debug("refreshing the tokens of account %s", account_id)
             status, data = await self._exchange(
