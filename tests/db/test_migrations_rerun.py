@@ -162,3 +162,18 @@ def test_every_column_role_has_its_setting() -> None:
 
     settings = {name[len("account_col_"):] for name in type(get_settings()).model_fields if name.startswith("account_col_")}
     assert settings == set(ROLES)
+
+
+def test_bootstrap_refuses_the_same_way(mysql_url: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from deployments.bootstrap import main as bootstrap
+
+    panel_database(mysql_url)
+    monkeypatch.setenv("BATCH_DATABASE_URL", mysql_url)
+    get_settings.cache_clear()
+    try:
+        assert bootstrap([]) == 2  # before the work pool: no Prefect API needed
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith("error: the accounts table la_alt_account has no column platform_uid") and err.count("\n") == 1
+    assert "la_batch_run" not in _tables(mysql_url)
