@@ -228,14 +228,14 @@ def _compatible(kind: Kind, column_type: sa.types.TypeEngine[Any]) -> bool:
     return {"int": integer, "str": string, "uid": integer or string}.get(kind, False)
 
 
-_verified: set[tuple[str, AccountSpec]] = set()
+_verified: set[tuple[sa.URL, AccountSpec]] = set()
 _verified_lock = threading.Lock()
 
 
 def verify_once(engine: Engine, accounts: AccountTable | None = None) -> None:
     """``verify`` on the first use of (database, settings) in this process; later calls are free."""
     accounts = accounts or accounts_table()
-    key = (engine.url.render_as_string(hide_password=True), accounts.spec)
+    key = (engine.url, accounts.spec)
     if key in _verified:
         return
     verify(engine, accounts)
