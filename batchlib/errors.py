@@ -12,6 +12,7 @@
     ├── StaleFence                   this run no longer owns the batch (taken over)
     ├── LockLost                     the Redis lease was lost while running
     ├── DatabaseUnavailable          the mirror stayed unreachable past the outage budget
+    ├── AccountTableMismatch         the accounts table is not what the BATCH_ACCOUNT_* settings describe
     └── PlatformError                an external service call failed
         ├── PlatformUnavailable      5xx / timeouts / connection errors past the retry budget
         ├── RateLimited              429 past the retry budget
@@ -37,6 +38,7 @@ __all__ = [
     "StaleFence",
     "LockLost",
     "DatabaseUnavailable",
+    "AccountTableMismatch",
     "PlatformError",
     "PlatformUnavailable",
     "RateLimited",
@@ -126,6 +128,13 @@ class DatabaseUnavailable(BatchError):
             "the reaper marks it failed, then resume it (only its unfinished items run again)"
         )
         self.batch_id = batch_id
+
+
+class AccountTableMismatch(BatchError):
+    """The accounts table lacks a configured column, or a column has an unusable type.
+
+    Raised at start (opening the mirror, ``python -m db upgrade``), before anything is written.
+    """
 
 
 class PlatformError(BatchError):

@@ -64,6 +64,29 @@ class Settings(BaseSettings):
     http_retry_after_max_s: float = 30.0
     http_max_body_bytes: int = 1_000_000
 
+    # The accounts table: the admin system's own (adopted), or the default one the migrations
+    # create on a fresh database. One setting per column we use; an optional column set to ""
+    # means the table has none (it is then never read or written). Checked at start.
+    account_table: str = "la_alt_account"
+    account_col_id: str = "id"
+    account_col_tenant_id: str = "tenant_id"
+    account_col_platform_uid: str = "platform_uid"
+    account_col_access_token: str = "access_token"
+    account_col_refresh_token: str = "refresh_token"
+    account_col_status: str = "status"
+    account_col_nickname: str = "nickname"  # optional from here on
+    account_col_avatar_url: str = "avatar_url"
+    account_col_token_expires_at: str = "token_expires_at"
+    account_col_last_check_time: str = "last_check_time"
+    account_col_update_time: str = "update_time"
+    account_col_create_time: str = "create_time"
+    account_col_delete_time: str = "delete_time"  # soft delete: NULL or 0 means live
+    account_col_token_version: str = "token_version"
+    # Our account status -> the value stored in the table (or a list: the first is written, all
+    # are read), e.g. {"alive": 1, "banned": 2, "disabled": [3, 4], "restricted": 5}. Empty: the
+    # table stores our own names (alive, banned, restricted, unknown, disabled).
+    account_status_map: dict[str, int | str | list[int | str]] = Field(default_factory=dict)
+
     # Batch types
     add_friend_daily_cap: int = Field(20, ge=0)  # friend requests one account may send per day
     add_friend_day_timezone: str = "UTC"  # the time zone whose calendar day the cap counts

@@ -6,6 +6,7 @@ from db.accounts import (
     Credentials,
     active_account_ids,
     foreign_ids,
+    import_accounts,
     load_credentials,
     load_credentials_many,
     record_checks,
@@ -58,6 +59,6 @@ __all__ = [
     "running_batches", "load_credentials_many",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
-    "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
+    "set_profiles", "import_accounts", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
     "PIN_PRESENT", "PIN_REMOVED", "record_pins", "mark_pins_removed", "remove_unseen_pins", "failed_items",
 ]

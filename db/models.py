@@ -92,7 +92,11 @@ class BatchRun(Base):
 
 
 class Account(Base):
-    """A platform account of a tenant. Token columns never appear in ``repr()``."""
+    """A platform account of a tenant in our default accounts table (fresh installations).
+
+    The repositories do not use this model: they go through ``db.account_table``, which also
+    describes an adopted table of the admin system. Token columns never appear in ``repr()``.
+    """
 
     __tablename__ = "la_alt_account"
     __table_args__ = (Index("idx_account_tenant_status", "tenant_id", "status"),)

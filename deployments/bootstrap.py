@@ -32,6 +32,8 @@ import subprocess
 import sys
 from typing import Any
 
+from batchlib.errors import BatchError
+from db.migrate import check_accounts_table
 from deployments.spec import REPO_ROOT, work_pool_name
 
 __all__ = [
@@ -226,12 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if not args.skip_migrations:  # reads only: the accounts table is what the settings describe
+            check_accounts_table()
         asyncio.run(check_api())
-    except ApiUnusable as exc:
+        if not args.skip_migrations:
+            log.info("mirror database at revision %s", migrate())
+    except (ApiUnusable, BatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.skip_migrations:
-        log.info("mirror database at revision %s", migrate())
     pool = work_pool_name()
     created = asyncio.run(ensure_work_pool(pool))
     log.info("work pool %r %s", pool, "created" if created else "already exists")

@@ -11,11 +11,11 @@ from batchlib.errors import BatchAlreadyActive
 from db import run_transaction
 from db.ddl import ORIGINAL_DDL
 from db.engine import make_engine
-from db.migrate import current, upgrade
+from db.migrate import current, head, upgrade
 from db.models import BatchRun, BatchTask, BatchTaskDetail, columns_of
 from tests.db.helpers import new_batch
 
-HEAD = "0006"
+HEAD = head()
 TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log"}
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from db.schema_ops import has_column
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -21,10 +23,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if has_column("la_batch_run", "auto_resumes"):  # a re-run after a failure half-way
+        return
     with op.batch_alter_table("la_batch_run") as batch:
         batch.add_column(sa.Column("auto_resumes", sa.Integer, nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    if not has_column("la_batch_run", "auto_resumes"):
+        return
     with op.batch_alter_table("la_batch_run") as batch:
         batch.drop_column("auto_resumes")
