@@ -61,12 +61,13 @@ class MirrorWriter:
         self._closing = False
         self._last_write = time.monotonic()
         self.stats = FlushStats()
-        self.cancel_requested = False  # the admin panel set the row to cancelled
+        self.cancel_requested = False  # the admin panel set the row to cancelled, or soft-deleted it
         self.stale = False  # another run owns the batch now
         self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
         self.error_since: float | None = None  # monotonic time of the first failed flush of this outage
         self.on_progress: Callable[[int], None] | None = None
         self.on_stale: Callable[[], None] | None = None  # called at once when a flush finds the fence stale
+        self.on_cancel: Callable[[], None] | None = None  # called at once when a flush finds the row cancelled
 
     def add(self, outcome: ItemOutcome) -> None:
         self._buffer.append((time.monotonic(), outcome))
@@ -110,6 +111,10 @@ class MirrorWriter:
                 return
             await asyncio.sleep(min(0.5, self._interval))
 
+    async def check(self) -> None:
+        """Flush now (a heartbeat when nothing is buffered): reads the row's cancel at once."""
+        await self._flush_safely()
+
     def flush_now(self) -> None:
         """Blocking flush, for shutdown paths where the event loop is going away."""
         if self._buffer and not self.stale:
@@ -121,6 +126,8 @@ class MirrorWriter:
             batch, self._buffer = self._buffer, []
             try:
                 await asyncio.to_thread(self._write_batch, batch)
+                if self.cancel_requested and self.on_cancel is not None:
+                    self.on_cancel()
             except StaleFence:
                 self.stale = True
                 if self.on_stale is not None:
@@ -136,7 +143,7 @@ class MirrorWriter:
         from db import run_transaction
 
         outcomes = [o for _, o in batch]
-        moved, status = run_transaction(self._engine, lambda s: self._write(s, outcomes))
+        moved, cancelled = run_transaction(self._engine, lambda s: self._write(s, outcomes))
         now = time.monotonic()
         self._last_write = now
         self.error = None
@@ -146,12 +153,13 @@ class MirrorWriter:
         self.stats.moved += moved
         if batch:
             self.stats.max_lag_s = max(self.stats.max_lag_s, now - min(t for t, _ in batch))
-        if status == "cancelled":
+        if cancelled:
             self.cancel_requested = True
         if self.on_progress is not None and outcomes:
             self.on_progress(moved)
 
-    def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, str]:
+    def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
+        """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""
         from db import BatchTask, heartbeat, record_outcomes
 
         now = int(time.time())
@@ -162,5 +170,7 @@ class MirrorWriter:
         else:
             heartbeat(session, self.batch_id, self.fence, now)
             moved = 0
-        status = session.execute(select(BatchTask.task_status).where(BatchTask.id == self.batch_id)).scalar()
-        return moved, str(status)
+        row = session.execute(
+            select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
+        ).one_or_none()
+        return moved, row is None or row.task_status == "cancelled" or row.delete_time is not None

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from batchlib.settings import get_settings
 
 __all__ = [
-    "PendingRow", "pending_rows", "row_problem", "dispatch_notes_for", "flow_run_ending",
+    "PendingRow", "pending_rows", "key_holders", "row_problem", "dispatch_notes_for", "flow_run_ending",
     "fail_row", "start_batch_run", "restart_batch_run",
     "running_batches_seen", "reap_gone_run", "reap_stale_batches", "prune_chunk", "start_tenant_run",
 ]
@@ -55,6 +55,13 @@ def pending_rows(limit: int) -> list[PendingRow]:
     return _tx(lambda s: [
         PendingRow(r.id, r.tenant_id, r.task_type, r.task_data, r.create_time) for r in pending_batches(s, limit)
     ])
+
+
+def key_holders() -> dict[tuple[int, str], int]:
+    """(tenant, type) -> the batch holding it (running, or stopping after a cancel)."""
+    from db.maintenance import key_holders as holders
+
+    return _tx(holders)
 
 
 def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
