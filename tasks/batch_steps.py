@@ -54,8 +54,11 @@ class Refusal:
 
     kind: str
     message: str
+    cancelled: tuple[int, str] | None = None  # (batch id, "cancelled"/"deleted") of a BatchCancelled
 
     def raise_(self) -> NoReturn:
+        if self.cancelled is not None:
+            raise BatchCancelled(*self.cancelled)
         raise BatchError(self.message)
 
 
@@ -64,6 +67,8 @@ def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refusal:
         try:
             return fn(*args, **kwargs)
+        except BatchCancelled as exc:
+            return Refusal(type(exc).__name__, str(exc), (exc.batch_id, exc.status))
         except BatchError as exc:
             return Refusal(type(exc).__name__, str(exc))
         except (OperationalError, InterfaceError) as exc:  # still unreachable after run_transaction's retries

@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
 from batchlib.outcomes import ItemOutcome
-from db import add_details, claim_batch, create_batch, record_outcomes, run_transaction
+from db import add_details, claim_batch, create_batch, finish_batch, record_outcomes, run_transaction
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
 from flows.reaper import reaper
@@ -137,6 +137,22 @@ def test_unstartable_rows_fail_with_a_readable_message(batch_env, unit_deploymen
         row = batch_env.batch(batch_id)
         assert row["task_status"] == "failed" and words in row["error_message"] and row["end_time"]
         assert not _runs_of(batch_id, unit_deployment)
+
+
+def test_rows_queue_per_tenant_and_type(batch_env, unit_deployment) -> None:
+    """A row waits while its (tenant, type) runs and behind older rows of that key; other keys go on."""
+    batch_env.seed({7: 3, 8: 3})
+    running = run_transaction(batch_env.engine, lambda s: claim_batch(
+        s, create_batch(s, tenant_id=7, task_type="account_check", task_name="t", create_admin_id=0, task_data=None),
+        owner="vm:1", flow_run_id=None,
+    ))
+    first, second = (batch_env.insert_pending(7, "account_check", {}) for _ in range(2))
+    other = batch_env.insert_pending(8, "account_check", {})
+    assert _dispatch_pass(unit_deployment) == {"queued": 2, "started": 1}
+    assert len(_runs_of(other, unit_deployment)) == 1 and not _runs_of(first, unit_deployment)
+    run_transaction(batch_env.engine, lambda s: finish_batch(s, running.batch_id, running.fence, "completed"))
+    assert _dispatch_pass(unit_deployment) == {"queued": 1, "started": 1, "waiting": 1}
+    assert len(_runs_of(first, unit_deployment)) == 1 and not _runs_of(second, unit_deployment)
 
 
 # -- reaper ----------------------------------------------------------------------------
