@@ -11,7 +11,9 @@ Two checks, both fenced (a batch re-claimed meanwhile is left alone):
    SIGKILLed worker leaves its flow run RUNNING on the server, this catches it.
 
 A live run heartbeats every ``BATCH_HEARTBEAT_INTERVAL_S`` (5 s), so neither check touches
-it. A reaped batch is ``failed`` with the reason; resume it with
+it. Both also cover a batch the admin panel cancelled or soft-deleted while it ran and whose
+run never closed it: that one ends ``cancelled`` (it holds its tenant and type until then).
+A reaped running batch is ``failed`` with the reason; resume it with
 ``python -m flows.account_check --resume ID`` or a deployment run with ``batch_id=ID``:
 only its pending items are processed.
 """

@@ -199,12 +199,13 @@ def _failed_summary(session, batch_id: int) -> str | None:
 
 @task(name="reap-gone-run", task_run_name="reap-batch-{batch_id}", cache_policy=NO_CACHE, persist_result=False)
 def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
-    """Fail a running batch whose flow run is over, unless someone re-claimed it (fenced)."""
+    """Close a batch whose flow run is over, unless someone re-claimed it (fenced): failed, or
+    cancelled when the admin panel cancelled or deleted it."""
     from db import mark_failed_unowned
 
     marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
-        get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
+        get_run_logger().warning("batch %s closed (its run is gone): %s", batch_id, reason)
     return marked
 
 
