@@ -251,6 +251,21 @@ def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending:
     batch_env.assert_consistent(batch_id)
 
 
+def test_hooks_close_a_batch_the_panel_cancelled_as_cancelled(batch_env) -> None:
+    """A crashed run's hook asks for 'failed'; the panel's cancel has the last word."""
+    flow_run_id = _flow_run(Running())
+    batch_id = _running_batch(batch_env, 7, flow_run_id, silent_s=0,
+                              fill=lambda s, b, f: add_details(s, b, f, [(1, None), (2, None)]))
+    batch_env.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=batch_id)
+    assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
+    row = batch_env.batch(batch_id)
+    assert row["task_status"] == "cancelled" and row["end_time"]
+    assert row["error_message"] == (
+        "cancelled: 2 of 2 items not processed (their detail rows stay pending); flow run crashed: boom"
+    )
+    batch_env.assert_consistent(batch_id)
+
+
 # -- prune -----------------------------------------------------------------------------
 
 
