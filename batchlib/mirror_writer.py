@@ -4,7 +4,9 @@ One flush = one transaction: fence check (also the heartbeat), a set-based guard
 per final status, one counter UPDATE, the batch type's side effects. It runs in a worker
 thread, so the event loop keeps the platform calls going; a connection is never held across
 a platform call. A flush happens every ``interval`` seconds, or sooner when ``max_items``
-outcomes are waiting; with nothing to record it still heartbeats every ``heartbeat_s``.
+outcomes are waiting; with nothing to record it still heartbeats every ``heartbeat_s``, and
+in between reads the row (one SELECT by id) every ``interval``. Every flush and read notes
+whether the admin panel cancelled or soft-deleted the batch (``cancel_requested``, ``on_cancel``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class MirrorWriter:
                 break
             if self._buffer or time.monotonic() - self._last_write >= self._heartbeat_s:
                 await self._flush_safely()
+            else:
+                await self._peek_safely()
 
     async def close(self, patience_s: float = 0.0) -> None:
         """Final flush of whatever is buffered (called once processing has stopped).
@@ -139,6 +143,29 @@ class MirrorWriter:
                 if self.error_since is None:
                     self.error_since = time.monotonic()
 
+    async def _peek_safely(self) -> None:
+        """Nothing to record: only read the row, so the admin panel's cancel is seen within one
+        ``interval`` even while no item finishes (a freed slot would start the next item)."""
+        from db import run_transaction
+
+        try:
+            cancelled = await asyncio.to_thread(run_transaction, self._engine, self._read_cancel)
+        except Exception:  # an outage: the flushes report it; the next peek tries again
+            return
+        if cancelled:
+            self.cancel_requested = True
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+    def _read_cancel(self, session: Session) -> bool:
+        """Whether the admin panel cancelled, soft-deleted (or deleted) the row."""
+        from db import BatchTask
+
+        row = session.execute(
+            select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
+        ).one_or_none()
+        return row is None or row.task_status == "cancelled" or row.delete_time is not None
+
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
         from db import run_transaction
 
@@ -160,7 +187,7 @@ class MirrorWriter:
 
     def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
         """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""
-        from db import BatchTask, heartbeat, record_outcomes
+        from db import heartbeat, record_outcomes
 
         now = int(time.time())
         if outcomes:
@@ -170,7 +197,4 @@ class MirrorWriter:
         else:
             heartbeat(session, self.batch_id, self.fence, now)
             moved = 0
-        row = session.execute(
-            select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
-        ).one_or_none()
-        return moved, row is None or row.task_status == "cancelled" or row.delete_time is not None
+        return moved, self._read_cancel(session)

@@ -19,10 +19,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pymysql
 import pytest
@@ -45,8 +45,7 @@ from tests.conftest import (
     REDIS_URL,
     mysql_admin,
 )
-
-T = TypeVar("T")
+from tests.deployments.conftest import wait_for
 
 # -- the panel's statements, exactly as docs/database.md gives them (PDO placeholders) ----------
 
@@ -79,7 +78,8 @@ PANEL_STATEMENTS = [INSERT_BATCH, CANCEL_BATCH, DELETE_BATCH, READ_PROGRESS, LIS
 CONCURRENCY = 4
 FLUSH_INTERVAL_S = 0.2
 LATENCY_MS = 250
-TENANTS = {21: 30, 22: 5, 23: 5, 24: 60, 25: 60, 26: 100, 27: 5, 28: 5, 29: 5}
+SLOW_LATENCY_MS = 800  # a batch of 40 then runs ~8 s: long enough to act on it while it runs, even on a busy host
+TENANTS = {21: 30, 22: 5, 23: 5, 24: 40, 25: 40, 26: 40, 27: 5, 28: 5, 29: 5}
 FINAL = ("completed", "failed", "cancelled")
 
 # Rows the dispatcher must fail alone, with a readable error_message, while it starts the others:
@@ -89,20 +89,6 @@ HOSTILE_ROWS = [
     ("account_check", "{account_ids: [1", "not valid JSON"),
     ("account_check", "[1, 2]", "expected a JSON object"),
 ]
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.2,
-             between: Callable[[], Any] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        if between is not None:
-            between()
-        time.sleep(every)
 
 
 @flow(name="panel-contract-dispatch")
@@ -119,7 +105,6 @@ class Panel:
     sim: PlatformSimulator
     deployments: dict[str, str]
     serve_log: Path
-    figures: dict[str, float] = field(default_factory=dict)
 
     # -- what the panel does -------------------------------------------------------------
     def _run(self, statement: str, *params: Any) -> tuple[int, list[dict[str, Any]], int]:
@@ -157,10 +142,16 @@ class Panel:
 
     def wait_final(self, batch_id: int, timeout: float = 90, dispatching: bool = True) -> dict[str, Any]:
         """Wait for the batch to end; meanwhile the dispatcher passes every 0.5 s (as its deployment polls)."""
-        return wait_for(
-            lambda: (row := self.progress(batch_id))["end_time"] is not None and row["task_status"] in FINAL and row,
-            timeout, f"batch {batch_id} to end", between=self.dispatch if dispatching else None, every=0.5,
-        )
+
+        def ended() -> dict[str, Any] | None:
+            row = self.progress(batch_id)
+            if row["end_time"] is not None and row["task_status"] in FINAL:
+                return row
+            if dispatching:
+                self.dispatch()
+            return None
+
+        return wait_for(ended, timeout, interval=0.5, what=f"batch {batch_id} to end")
 
     def calls(self, tenant_id: int) -> list[dict[str, Any]]:
         return sorted((c for c in self.sim.calls(endpoint="GET /v1/me") if c["tenant_id"] == tenant_id),
@@ -254,7 +245,7 @@ def panel(prefect_server, prefect_api, tmp_path_factory: pytest.TempPathFactory)
                 assert server.poll() is None, log.read_text(errors="replace")[-3000:]
                 return False
 
-        wait_for(deployed, 90, "the served deployment", every=0.5)
+        wait_for(deployed, 90, interval=0.5, what="the served deployment")
         yield Panel(conn, url, sim, {"account_check": f"account-check/{deployment}"}, log)
     finally:
         if server is not None and server.poll() is None:
@@ -292,6 +283,15 @@ def _report_figures(request: pytest.FixtureRequest) -> Iterator[None]:
 FIGURES: dict[str, float] = {}
 
 
+@pytest.fixture
+def slow_platform(panel: Panel) -> Iterator[Panel]:
+    panel.sim.configure(latency_ms=SLOW_LATENCY_MS)
+    try:
+        yield panel
+    finally:
+        panel.sim.configure(latency_ms=LATENCY_MS)
+
+
 # -- the cases ---------------------------------------------------------------------------------
 
 
@@ -311,7 +311,7 @@ def test_insert_then_watch_progress_to_the_end(panel: Panel) -> None:
         seen.append((row["task_status"], row["processed_count"], row["total_count"]))
         return row["end_time"] is not None
 
-    wait_for(ended, 90, f"batch {batch_id} to end", every=0.1)
+    wait_for(ended, 90, interval=0.1, what=f"batch {batch_id} to end")
     row = panel.progress(batch_id)
     assert (row["task_status"], row["total_count"], row["success_count"]) == ("completed", 30, 30)
     processed = [p for status, p, _ in seen if status == "running"]
@@ -339,8 +339,8 @@ def test_cancel_after_dispatch_before_the_claim_is_never_started(panel: Panel) -
     batch_id = panel.insert(23)
     assert panel.dispatch() == {"started": 1}
     assert panel.cancel(batch_id) == 1  # its flow run exists; its process is still starting
-    state = wait_for(lambda: (s := panel.flow_run_state(batch_id)) and s.is_final() and s, 90, "the run to end",
-                     every=0.5)
+    state = wait_for(lambda: (s := panel.flow_run_state(batch_id)) and s.is_final() and s, 90, interval=0.5,
+                     what="the run to end")
     assert state.is_cancelled() and "was cancelled before it started" in (state.message or ""), state
     row = panel.progress(batch_id)
     assert (row["task_status"], row["start_time"], row["total_count"]) == ("cancelled", None, 0)
@@ -351,7 +351,8 @@ def _running(panel: Panel, tenant_id: int, after: int) -> int:
     """A panel row, dispatched, with at least ``after`` items recorded."""
     batch_id = panel.insert(tenant_id)
     assert panel.dispatch() == {"started": 1}
-    wait_for(lambda: panel.progress(batch_id)["processed_count"] >= after, 90, f"{after} items of {batch_id}", every=0.05)
+    wait_for(lambda: panel.progress(batch_id)["processed_count"] >= after, 90, interval=0.05,
+             what=f"{after} items of batch {batch_id}")
     return batch_id
 
 
@@ -361,30 +362,32 @@ def _assert_stopped_promptly(panel: Panel, tenant_id: int, at: float, what: str)
     late = [c for c in calls if c["t"] > at]
     FIGURES[f"{what}: last call after the panel's UPDATE (s)"] = max((c["t"] - at for c in late), default=0.0)
     FIGURES[f"{what}: calls started after it"] = len(late)
-    assert all(c["t"] - at <= FLUSH_INTERVAL_S + 0.8 for c in late), [round(c["t"] - at, 2) for c in late]
+    assert all(c["t"] - at <= FLUSH_INTERVAL_S + 1.0 for c in late), [round(c["t"] - at, 2) for c in late]
     assert len(late) <= 2 * CONCURRENCY
     total = panel.sim.stats()["total"]
     time.sleep(1.0)
     assert panel.calls(tenant_id)[-1:] == calls[-1:] and panel.sim.stats()["total"] >= total
 
 
-def test_cancel_while_running_stops_the_platform_calls(panel: Panel) -> None:
+def test_cancel_while_running_stops_the_platform_calls(slow_platform: Panel) -> None:
+    panel = slow_platform
     batch_id = _running(panel, 24, after=8)
     at = time.monotonic()
     assert panel.cancel(batch_id) == 1
     row = panel.wait_final(batch_id, dispatching=False)
     FIGURES["cancel: panel UPDATE to end_time (s)"] = time.monotonic() - at
-    assert row["task_status"] == "cancelled" and 8 <= row["processed_count"] < 60, row
+    assert row["task_status"] == "cancelled" and 8 <= row["processed_count"] < 40, row
     _assert_stopped_promptly(panel, 24, at, "cancel")
     panel.assert_consistent(batch_id)
     # Unreached items stay pending, unprocessed; the batch row says how many.
     pending = [d for d in panel.details(batch_id) if d["status"] == "pending"]
     assert pending and all(d["process_time"] is None and d["result"] is None for d in pending)
-    assert row["error_message"].startswith(f"cancelled: {len(pending)} of 60 items not processed")
+    assert row["error_message"].startswith(f"cancelled: {len(pending)} of 40 items not processed")
     assert len(panel.calls(24)) <= row["processed_count"] + CONCURRENCY  # each reached item once
 
 
-def test_soft_delete_while_running_stops_it_and_the_next_row_waits(panel: Panel) -> None:
+def test_soft_delete_while_running_stops_it_and_the_next_row_waits(slow_platform: Panel) -> None:
+    panel = slow_platform
     first = _running(panel, 25, after=5)
     second = panel.insert(25)  # the panel's INSERT succeeds while the first runs (no 1062)
     assert panel.dispatch() == {"queued": 1}
@@ -401,15 +404,16 @@ def test_soft_delete_while_running_stops_it_and_the_next_row_waits(panel: Panel)
     panel.assert_consistent(second)
     # The second batch's calls began after the first's last call had ended: never both at once.
     calls = panel.calls(25)
-    first_calls, second_calls = calls[: len(calls) - 60], calls[len(calls) - 60 :]
+    first_calls, second_calls = calls[: len(calls) - 40], calls[len(calls) - 40 :]
     assert sorted(account_id_for(c["uid"]) for c in second_calls) == sorted(d["item_id"] for d in panel.details(second))
     assert min(c["t"] for c in second_calls) >= max(c["end"] for c in first_calls)
 
 
-def test_a_duplicate_active_row_is_queued_and_other_rows_go_on(panel: Panel) -> None:
+def test_a_duplicate_active_row_is_queued_and_other_rows_go_on(slow_platform: Panel) -> None:
+    panel = slow_platform
     first = panel.insert(26)
     assert panel.dispatch() == {"started": 1}
-    wait_for(lambda: panel.progress(first)["task_status"] == "running", 60, f"batch {first} to run", every=0.2)
+    wait_for(lambda: panel.progress(first)["task_status"] == "running", 60, interval=0.2, what=f"batch {first} to run")
     second = panel.insert(26)  # same tenant and type as a running batch: accepted, queued
     other = panel.insert(27)
     assert panel.dispatch() == {"queued": 1, "started": 1}

@@ -86,11 +86,18 @@ def _mysql_state() -> tuple[set[str], set[str]]:
     return columns, indexes
 
 
-def _mysql_swap(drop: tuple[str, str], add: tuple[str, str, str]) -> None:
-    """One ALTER (atomic in MariaDB): drop the (column, key) pair, add the new one; skip what is done."""
-    columns, indexes = _mysql_state()
+def _swap(drop: tuple[str, str], add: tuple[str, str, str]) -> None:
+    """Replace one guard by another: on MariaDB the (column, key) pair in one ALTER (atomic),
+    on SQLite the partial index. Whatever is already done is skipped."""
     old_column, old_key = drop
     new_column, new_key, condition = add
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(f"DROP INDEX IF EXISTS {old_key}")
+        op.execute(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {new_key} ON la_batch_task (tenant_id, task_type) WHERE {condition}"
+        )
+        return
+    columns, indexes = _mysql_state()
     parts = []
     if old_key in indexes:
         parts.append(f"DROP INDEX {old_key}")
@@ -109,14 +116,7 @@ def _mysql_swap(drop: tuple[str, str], add: tuple[str, str, str]) -> None:
 
 def upgrade() -> None:
     _release_older_holders()
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP INDEX IF EXISTS uq_task_active")
-        op.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS uq_task_running ON la_batch_task (tenant_id, task_type) "
-            f"WHERE {HOLDS_SQL}"
-        )
-        return
-    _mysql_swap(("active_key", "uq_task_active"), ("run_key", "uq_task_running", HOLDS_SQL))
+    _swap(("active_key", "uq_task_active"), ("run_key", "uq_task_running", HOLDS_SQL))
 
 
 def downgrade() -> None:
@@ -124,11 +124,4 @@ def downgrade() -> None:
     # The running one (else the oldest pending one: the head of the queue) keeps the key.
     older = _older_duplicates(OLD_ACTIVE_SQL, "task_status = 'running' DESC, id")
     _close([i for i, _ in older], failed_with=QUEUE_DROPPED)
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP INDEX IF EXISTS uq_task_running")
-        op.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS uq_task_active ON la_batch_task (tenant_id, task_type) "
-            f"WHERE {OLD_ACTIVE_SQL}"
-        )
-        return
-    _mysql_swap(("run_key", "uq_task_running"), ("active_key", "uq_task_active", OLD_ACTIVE_SQL))
+    _swap(("run_key", "uq_task_running"), ("active_key", "uq_task_active", OLD_ACTIVE_SQL))
