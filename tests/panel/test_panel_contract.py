@@ -362,8 +362,10 @@ def _assert_stopped_promptly(panel: Panel, tenant_id: int, at: float, what: str)
     late = [c for c in calls if c["t"] > at]
     FIGURES[f"{what}: last call after the panel's UPDATE (s)"] = max((c["t"] - at for c in late), default=0.0)
     FIGURES[f"{what}: calls started after it"] = len(late)
-    assert all(c["t"] - at <= FLUSH_INTERVAL_S + 1.0 for c in late), [round(c["t"] - at, 2) for c in late]
-    assert len(late) <= 2 * CONCURRENCY
+    # The run reads the row every flush interval; a call later than that (plus the read itself)
+    # started after the run could have seen the cancel. One platform latency (0.8 s) is too late.
+    assert all(c["t"] - at <= FLUSH_INTERVAL_S + 0.4 for c in late), [round(c["t"] - at, 2) for c in late]
+    assert len(late) <= CONCURRENCY
     total = panel.sim.stats()["total"]
     time.sleep(1.0)
     assert panel.calls(tenant_id)[-1:] == calls[-1:] and panel.sim.stats()["total"] >= total
