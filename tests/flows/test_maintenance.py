@@ -16,7 +16,14 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
 from batchlib.outcomes import ItemOutcome
-from db import add_details, claim_batch, create_batch, finish_batch, record_outcomes, run_transaction
+from db import (
+    add_details,
+    claim_batch,
+    create_batch,
+    finish_batch,
+    record_outcomes,
+    run_transaction,
+)
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
 from flows.reaper import reaper
