@@ -8,6 +8,7 @@
     │   └── InvalidItems
     ├── UnknownBatch
     ├── BatchNotClaimable            the batch is in a state that cannot be (re)started
+    │   └── BatchCancelled           the admin panel cancelled or deleted it before it started
     ├── BatchAlreadyActive           another pending/running batch of that tenant and type
     ├── StaleFence                   this run no longer owns the batch (taken over)
     ├── LockLost                     the Redis lease was lost while running
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidItems",
     "UnknownBatch",
     "BatchNotClaimable",
+    "BatchCancelled",
     "BatchAlreadyActive",
     "StaleFence",
     "LockLost",
@@ -94,6 +96,15 @@ class BatchNotClaimable(BatchError):
         super().__init__(f"batch {batch_id} is {status} and cannot be started{': ' + why if why else ''}")
         self.batch_id = batch_id
         self.status = status
+
+
+class BatchCancelled(BatchNotClaimable):
+    """Cancelled (``how="cancelled"``) or soft-deleted (``how="deleted"``) before any run started it."""
+
+    def __init__(self, batch_id: int, how: str) -> None:
+        BatchError.__init__(self, f"batch {batch_id} was {how} before it started; nothing was done")
+        self.batch_id = batch_id
+        self.status = how
 
 
 class BatchAlreadyActive(BatchError):

@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 
 from db import statuses as st
 from db._util import DETAIL, RUN, TASK, chunks, insert_ignore, now_or, truncate
-from db.mirror import AUTO_RESUME_NOTE, _final_values, recount
+from db.mirror import AUTO_RESUME_NOTE, _final_values, holds_key, recount
 from db.models import BatchTask
 
 __all__ = [
     "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches", "running_batches",
     "DISPATCHER_OWNER", "Dispatch", "RunningBatch", "fail_pending", "reserve_dispatch", "record_dispatch",
-    "next_dispatch_attempt", "running_with_heartbeat", "dispatch_notes",
+    "next_dispatch_attempt", "running_with_heartbeat", "dispatch_notes", "key_holders",
     "REAPER_OWNER", "Resume", "reaped_recently", "reserve_auto_resumes", "resumes_to_start", "record_resume", "resume_lost",
 ]
 
@@ -34,8 +34,10 @@ def _fail_running(
     stale_before: int | None = None,
     summarize: Summarize | None = None,
 ) -> bool:
-    """Fail one running batch and bump its fence, re-checking everything under the row locks.
+    """Close one batch whose run is gone and bump its fence, re-checking everything under the row locks.
 
+    A running batch is failed with ``reason``; one the admin panel cancelled or soft-deleted
+    (still holding its key because its run never closed it) ends ``cancelled``.
     ``summarize(session, batch_id)`` (the batch type's closing summary) is appended to the reason."""
     run = session.execute(
         select(RUN.c.fence, RUN.c.heartbeat_time).where(RUN.c.task_id == batch_id).with_for_update()
@@ -43,9 +45,11 @@ def _fail_running(
     if fence_expected is not None and (run is None or run.fence != fence_expected):
         return False
     task = session.execute(
-        select(TASK.c.task_status, TASK.c.update_time).where(TASK.c.id == batch_id).with_for_update()
+        select(TASK.c.task_status, TASK.c.update_time, TASK.c.delete_time)
+        .where(TASK.c.id == batch_id, holds_key())
+        .with_for_update()
     ).one_or_none()
-    if task is None or task.task_status != st.RUNNING:
+    if task is None:
         return False
     if stale_before is not None:
         seen = run.heartbeat_time if run is not None and run.heartbeat_time is not None else task.update_time
@@ -54,11 +58,12 @@ def _fail_running(
     summary = summarize(session, batch_id) if summarize is not None else None
     if summary:
         reason = f"{reason}; {summary}"
+    cancelled = task.task_status == st.CANCELLED or task.delete_time is not None
     counts = recount(session, batch_id)
     session.execute(
         update(TASK)
-        .where(TASK.c.id == batch_id, TASK.c.task_status == st.RUNNING)
-        .values(_final_values(counts, st.FAILED, reason, now))
+        .where(TASK.c.id == batch_id, TASK.c.task_status == task.task_status)
+        .values(_final_values(counts, st.CANCELLED if cancelled else st.FAILED, reason, now))
     )
     if run is not None:  # the owner "reaper" marks it for an automatic resume (reserve_auto_resumes)
         session.execute(
@@ -81,7 +86,7 @@ def fail_stale_batches(
     candidates = session.execute(
         select(TASK.c.id)
         .select_from(TASK.outerjoin(RUN, RUN.c.task_id == TASK.c.id))
-        .where(TASK.c.task_status == st.RUNNING, seen < stale_before)
+        .where(holds_key(), seen < stale_before)
         .order_by(TASK.c.id)
     ).scalars().all()
     return [
@@ -112,7 +117,7 @@ def prune_finished(session: Session, *, before: int, limit: int, hard: bool, now
     hard: DELETE details, run rows, then the tasks. soft: set delete_time.
     """
     ended = func.coalesce(TASK.c.end_time, TASK.c.update_time)
-    query = select(TASK.c.id).where(TASK.c.task_status.in_(st.FINAL), ended < before)
+    query = select(TASK.c.id).where(TASK.c.task_status.in_(st.FINAL), ~holds_key(), ended < before)
     if not hard:
         query = query.where(TASK.c.delete_time.is_(None))
     ids = [int(i) for i in session.execute(query.order_by(TASK.c.id).limit(limit)).scalars()]
@@ -139,11 +144,12 @@ def pending_batches(session: Session, limit: int) -> list[BatchTask]:
 
 
 def running_batches(session: Session, flow_run_id: str | None = None) -> list[tuple[int, int, str | None]]:
-    """(batch id, fence, flow run id) of running batches, optionally only those one flow run owns."""
+    """(batch id, fence, flow run id) of batches a run still holds (running, or cancelled and
+    not yet closed), optionally only those one flow run owns."""
     query = (
         select(TASK.c.id, RUN.c.fence, RUN.c.flow_run_id)
         .join(RUN, RUN.c.task_id == TASK.c.id)
-        .where(TASK.c.task_status == st.RUNNING)
+        .where(holds_key())
         .order_by(TASK.c.id)
     )
     if flow_run_id is not None:
@@ -260,12 +266,13 @@ def next_dispatch_attempt(session: Session, seen: Dispatch, now: int | None = No
 
 
 def running_with_heartbeat(session: Session) -> list[RunningBatch]:
-    """Running batches with their owner's flow run id and when the owner was last seen alive."""
+    """Batches a run holds (running, or cancelled and not yet closed) with their owner's flow
+    run id and when the owner was last seen alive."""
     seen = func.coalesce(RUN.c.heartbeat_time, TASK.c.update_time)
     rows = session.execute(
         select(TASK.c.id, RUN.c.fence, RUN.c.flow_run_id, seen.label("seen"))
         .select_from(TASK.outerjoin(RUN, RUN.c.task_id == TASK.c.id))
-        .where(TASK.c.task_status == st.RUNNING)
+        .where(holds_key())
         .order_by(TASK.c.id)
     )
     return [
@@ -285,6 +292,14 @@ def dispatch_notes(session: Session, batch_ids: list[int]) -> dict[int, Dispatch
             if attempt is not None:
                 notes[int(r.task_id)] = Dispatch(int(r.task_id), attempt, r.flow_run_id, int(r.update_time))
     return notes
+
+
+def key_holders(session: Session) -> dict[tuple[int, str], int]:
+    """(tenant, type) -> the batch holding it (running, or cancelled and still stopping).
+
+    The dispatcher keeps the pending rows of these keys queued until the holder has ended."""
+    rows = session.execute(select(TASK.c.id, TASK.c.tenant_id, TASK.c.task_type).where(holds_key()))
+    return {(int(r.tenant_id), str(r.task_type)): int(r.id) for r in rows}
 
 
 # -- automatic resume of reaped batches ----------------------------------------------------

@@ -1,8 +1,8 @@
 """Typed ORM models. The two ``la_batch_task*`` tables match the admin panel's DDL exactly.
 
 Migrations (``db/migrations``) own the schema; these models describe it at head. The
-MariaDB-only generated column ``la_batch_task.active_key`` is deliberately not mapped, so
-the ORM never writes it.
+MariaDB-only generated column ``la_batch_task.run_key`` (the one-running-batch guard) is
+deliberately not mapped, so the ORM never writes it.
 """
 
 from __future__ import annotations

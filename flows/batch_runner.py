@@ -22,7 +22,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
+from batchlib.errors import BatchCancelled, BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
 from batchlib.item_context import ItemContext
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
@@ -110,6 +110,10 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
     """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
     try:
         summary = await run_batch(task_type, **request)
+    except BatchCancelled as exc:
+        # The admin panel cancelled or deleted the row after the dispatcher started this run.
+        get_run_logger().warning("not started: %s", exc)
+        return Cancelled(message=f"rejected: {exc}")
     except (StaleFence, LockLost, DatabaseUnavailable) as exc:
         # Another run owns the batch now (everything we would still write is fenced out), or
         # the database stayed down past the outage budget (the reaper and a resume finish it).
@@ -173,6 +177,7 @@ async def run_batch(
                 settings, opened.batch_id, "closing the batch",
                 lambda: close_batch(opened.batch_id, opened.fence, status, reason),
             )
+            status = counts.pop("status", status)  # the admin panel's cancel has the last word
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
         counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
@@ -213,7 +218,10 @@ async def _process(
         # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
         # woken from a pause made ~100 needless platform calls in tests/faults).
         mirror.on_stale = lambda: runtime.stop("taken over by another run")
+        # The admin panel's cancel (or soft delete): stop starting items as soon as a flush reads it.
+        mirror.on_cancel = lambda: runtime.stop("cancelled")
         register_runtime(runtime)
+        await mirror.check()  # a cancel that came between the claim and now: start nothing
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
         get_run_logger().info(

@@ -12,7 +12,9 @@ Two checks, both fenced (a batch re-claimed meanwhile is left alone):
    crashes it), this catches it first.
 
 A live run heartbeats every ``BATCH_HEARTBEAT_INTERVAL_S`` (5 s), so neither check touches
-it. A reaped batch is ``failed`` with the reason; then, up to ``BATCH_AUTO_RESUME_MAX``
+it. Both also cover a batch the admin panel cancelled or soft-deleted while it ran and whose
+run never closed it: that one ends ``cancelled`` (it holds its tenant and type until then).
+A reaped running batch is ``failed`` with the reason; then, up to ``BATCH_AUTO_RESUME_MAX``
 times per batch (default 3, 0: never), a new deployment run of its type resumes it on any
 worker (only its pending items are processed) and its ``error_message`` reads
 ``auto-resume <n>/<max> after: <reason>``. Past the maximum it stays failed with the hint

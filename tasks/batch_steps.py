@@ -14,7 +14,14 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchlib.batch_types import get_batch_type
-from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch, UnknownBatchType
+from batchlib.errors import (
+    BatchCancelled,
+    BatchError,
+    BatchNotClaimable,
+    InvalidInput,
+    UnknownBatch,
+    UnknownBatchType,
+)
 from batchlib.settings import get_settings
 
 P = ParamSpec("P")
@@ -47,8 +54,11 @@ class Refusal:
 
     kind: str
     message: str
+    cancelled: tuple[int, str] | None = None  # (batch id, "cancelled"/"deleted") of a BatchCancelled
 
     def raise_(self) -> NoReturn:
+        if self.cancelled is not None:
+            raise BatchCancelled(*self.cancelled)
         raise BatchError(self.message)
 
 
@@ -57,6 +67,8 @@ def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refusal:
         try:
             return fn(*args, **kwargs)
+        except BatchCancelled as exc:
+            return Refusal(type(exc).__name__, str(exc), (exc.batch_id, exc.status))
         except BatchError as exc:
             return Refusal(type(exc).__name__, str(exc))
         except (OperationalError, InterfaceError) as exc:  # still unreachable after run_transaction's retries
@@ -92,14 +104,21 @@ class OpenedBatch:
 @task(name="describe-batch", cache_policy=NO_CACHE, persist_result=False)
 @refusals_as_values
 def describe_batch(batch_id: int, task_type: str) -> BatchRow:
-    """Read an existing batch row (admin panel insert, or one to resume); nothing is written."""
+    """Read an existing batch row (admin panel insert, or one to resume); nothing is written.
+
+    A row the admin panel deleted, or cancelled before any run started it, is refused here
+    (BatchCancelled), before the lease or any collecting; the claim checks it again."""
     import json
 
     from db import get_batch
 
     row = _tx(lambda s: get_batch(s, batch_id))
-    if row is None or row.delete_time is not None:
+    if row is None:
         raise UnknownBatch(batch_id)
+    if row.delete_time is not None:
+        raise BatchCancelled(batch_id, "deleted")
+    if row.task_status == "cancelled" and row.start_time is None:
+        raise BatchCancelled(batch_id, "cancelled")
     if row.task_type != task_type:
         raise BatchNotClaimable(batch_id, row.task_status, f"it is a {row.task_type} batch, not {task_type}")
     try:
@@ -197,9 +216,21 @@ def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -
 
 
 @task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
-def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, int]:
-    """Final state + counters from a recount (fenced: a run that lost the batch writes nothing)."""
-    return counts_dict(_finish(batch_id, fence, status, error_message))
+def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, Any]:
+    """Final state + counters from a recount (fenced: a run that lost the batch writes nothing).
+
+    Returns the counts and the ``status`` the row ended in: ``cancelled`` when the admin panel
+    cancelled or deleted it meanwhile, whatever was asked."""
+    from sqlalchemy import select
+
+    from db._util import TASK
+
+    def close(session) -> dict[str, Any]:
+        counts = finish_with_summary(session, batch_id, fence, status, error_message)
+        final = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one()
+        return {**counts_dict(counts), "status": final}
+
+    return _tx(close)
 
 
 def _finish(batch_id: int, fence: int, status: str, error_message: str | None = None):

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from batchlib.settings import get_settings
 
 __all__ = [
-    "PendingRow", "pending_rows", "row_problem", "dispatch_notes_for", "flow_run_ending",
+    "PendingRow", "pending_rows", "key_holders", "row_problem", "dispatch_notes_for", "flow_run_ending",
     "fail_row", "start_batch_run", "restart_batch_run",
     "running_batches_seen", "reap_gone_run", "reap_stale_batches", "prune_chunk", "start_tenant_run",
     "awaiting_resume", "reserve_resumes", "resumes_reserved", "start_resume_run", "resume_run_lost",
@@ -57,6 +57,13 @@ def pending_rows(limit: int) -> list[PendingRow]:
     return _tx(lambda s: [
         PendingRow(r.id, r.tenant_id, r.task_type, r.task_data, r.create_time) for r in pending_batches(s, limit)
     ])
+
+
+def key_holders() -> dict[tuple[int, str], int]:
+    """(tenant, type) -> the batch holding it (running, or stopping after a cancel)."""
+    from db.maintenance import key_holders as holders
+
+    return _tx(holders)
 
 
 def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
@@ -202,12 +209,13 @@ def _failed_summary(session, batch_id: int) -> str | None:
 
 @task(name="reap-gone-run", task_run_name="reap-batch-{batch_id}", cache_policy=NO_CACHE, persist_result=False)
 def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
-    """Fail a running batch whose flow run is over, unless someone re-claimed it (fenced)."""
+    """Close a batch whose flow run is over, unless someone re-claimed it (fenced): failed, or
+    cancelled when the admin panel cancelled or deleted it."""
     from db import mark_failed_unowned
 
     marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
-        get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
+        get_run_logger().warning("batch %s closed (its run is gone): %s", batch_id, reason)
     return marked
 
 

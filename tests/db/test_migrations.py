@@ -29,7 +29,7 @@ def test_upgrade_empty_database(any_db_url: str) -> None:
         insp = inspect(engine)
         assert TABLES <= set(insp.get_table_names())
         task_cols = [c["name"] for c in insp.get_columns("la_batch_task")]
-        extra = ["active_key"] if engine.dialect.name == "mysql" else []
+        extra = ["run_key"] if engine.dialect.name == "mysql" else []
         assert task_cols == columns_of(BatchTask) + extra
         assert [c["name"] for c in insp.get_columns("la_batch_task_detail")] == columns_of(BatchTaskDetail)
         assert [c["name"] for c in insp.get_columns("la_batch_run")] == columns_of(BatchRun)
@@ -81,7 +81,7 @@ def test_upgrade_existing_installation_keeps_rows(mysql_url: str) -> None:
         (4, "pending", None),
     )
     assert details == ((3, 1), (3, 2))
-    assert "COMMENT '租户ID'" in create and "uq_task_active" in create
+    assert "COMMENT '租户ID'" in create and "uq_task_running" in create
     engine = make_engine(mysql_url)
     try:
         with pytest.raises(BatchAlreadyActive) as info:

@@ -53,9 +53,11 @@ def _tables(url: str) -> set[str]:
 HALF_DONE = {
     "0002": ("0001", ["DROP INDEX idx_detail_task_status ON la_batch_task_detail"], ("la_batch_task_detail", "idx_detail_task_status")),
     "0003": ("0002", ["DROP TABLE la_friend_request_log"], ("la_friend_request_log", None)),
-    "0004": ("0003", ["ALTER TABLE la_batch_task DROP INDEX uq_task_active"], ("la_batch_task", "uq_task_active")),
+    # 0007 replaced 0004's guard: re-running 0004 on top of it must end with 0007's guard again
+    "0004": ("0003", [], ("la_batch_task", "uq_task_running")),
     "0005": ("0004", ["DROP INDEX uq_frl_task_account ON la_friend_request_log"], ("la_friend_request_log", "uq_frl_task_account")),
     "0006": ("0005", [], ("la_batch_run", None)),  # all done but the version: the column is not added twice
+    "0007": ("0006", ["ALTER TABLE la_batch_task DROP INDEX uq_task_running"], ("la_batch_task", "uq_task_running")),
 }
 
 

@@ -16,7 +16,14 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
 from batchlib.outcomes import ItemOutcome
-from db import add_details, claim_batch, create_batch, record_outcomes, run_transaction
+from db import (
+    add_details,
+    claim_batch,
+    create_batch,
+    finish_batch,
+    record_outcomes,
+    run_transaction,
+)
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
 from flows.reaper import reap_once, reaper
@@ -137,6 +144,22 @@ def test_unstartable_rows_fail_with_a_readable_message(batch_env, unit_deploymen
         row = batch_env.batch(batch_id)
         assert row["task_status"] == "failed" and words in row["error_message"] and row["end_time"]
         assert not _runs_of(batch_id, unit_deployment)
+
+
+def test_rows_queue_per_tenant_and_type(batch_env, unit_deployment) -> None:
+    """A row waits while its (tenant, type) runs and behind older rows of that key; other keys go on."""
+    batch_env.seed({7: 3, 8: 3})
+    running = run_transaction(batch_env.engine, lambda s: claim_batch(
+        s, create_batch(s, tenant_id=7, task_type="account_check", task_name="t", create_admin_id=0, task_data=None),
+        owner="vm:1", flow_run_id=None,
+    ))
+    first, second = (batch_env.insert_pending(7, "account_check", {}) for _ in range(2))
+    other = batch_env.insert_pending(8, "account_check", {})
+    assert _dispatch_pass(unit_deployment) == {"queued": 2, "started": 1}
+    assert len(_runs_of(other, unit_deployment)) == 1 and not _runs_of(first, unit_deployment)
+    run_transaction(batch_env.engine, lambda s: finish_batch(s, running.batch_id, running.fence, "completed"))
+    assert _dispatch_pass(unit_deployment) == {"queued": 1, "started": 1, "waiting": 1}
+    assert len(_runs_of(first, unit_deployment)) == 1 and not _runs_of(second, unit_deployment)
 
 
 # -- reaper ----------------------------------------------------------------------------
@@ -268,6 +291,21 @@ def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending:
     assert row["task_status"] == "failed"
     assert row["error_message"].endswith("; 1 pin(s) failed; first 1: bafyone: not pinned: bafyone")
     assert (row["processed_count"], row["success_count"], row["failed_count"]) == (2, 1, 1)
+    batch_env.assert_consistent(batch_id)
+
+
+def test_hooks_close_a_batch_the_panel_cancelled_as_cancelled(batch_env) -> None:
+    """A crashed run's hook asks for 'failed'; the panel's cancel has the last word."""
+    flow_run_id = _flow_run(Running())
+    batch_id = _running_batch(batch_env, 7, flow_run_id, silent_s=0,
+                              fill=lambda s, b, f: add_details(s, b, f, [(1, None), (2, None)]))
+    batch_env.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=batch_id)
+    assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
+    row = batch_env.batch(batch_id)
+    assert row["task_status"] == "cancelled" and row["end_time"]
+    assert row["error_message"] == (
+        "cancelled: 2 of 2 items not processed (their detail rows stay pending); flow run crashed: boom"
+    )
     batch_env.assert_consistent(batch_id)
 
 

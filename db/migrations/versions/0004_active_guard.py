@@ -59,6 +59,8 @@ def _fail_older_duplicates() -> None:
 def upgrade() -> None:
     if has_index("la_batch_task", "uq_task_active"):  # done by an earlier, interrupted run
         return
+    if has_index("la_batch_task", "uq_task_running"):  # replaced by 0007's guard already (queued rows stay)
+        return
     _fail_older_duplicates()
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
