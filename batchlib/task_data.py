@@ -28,14 +28,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from batchlib.batch_types import BatchType, get_batch_type
+from sqlalchemy.orm import Session
+
+from batchlib.batch_types import BatchType, Item, get_batch_type
 from batchlib.errors import InvalidInput, InvalidItems
 from batchlib.settings import Settings
+from batchlib.validation import check_admin_id, check_task_name
 
 __all__ = [
     "TASK_DATA_MAX_BYTES", "ITEM_DATA_MAX_BYTES", "ITEMS_FILE_MAX_BYTES", "MAX_DEPTH", "SUMMARY_KEYS",
     "decode_json", "check_value", "check_task_data", "decode_task_data", "task_data_problem",
-    "read_items_file", "items_from_file", "summary", "fits_column", "staged_request", "unstaged_request",
+    "read_items_file", "items_from_file", "summary", "fits_column", "staged_request", "unstaged_request", "validate_request",
 ]
 
 TASK_DATA_MAX_BYTES = 65_535  # la_batch_task.task_data is TEXT
@@ -335,6 +338,24 @@ def staged_request(batch_type: BatchType, task_data: dict[str, Any] | None, rows
             raise InvalidItems(f"{what} names account_id {str(item['account_id'])[:20]}: item_id must be the account id")
         items.append(item)
     return {"items": items}
+
+
+def validate_request(
+    session: Session,
+    batch_type: BatchType,
+    tenant_id: Any,
+    task_data: dict[str, Any] | None,
+    settings: Settings,
+    *,
+    task_name: Any = None,
+    create_admin_id: Any = 0,
+) -> list[Item]:
+    """Everything a new batch is checked for, read-only; its items. The run does this before it
+    writes anything, and the command lines before they create a flow run (one-line refusals)."""
+    check_task_data(task_data, batch_type)
+    check_task_name(task_name)
+    check_admin_id(create_admin_id)
+    return batch_type.parse(session, tenant_id, unstaged_request(task_data), settings)
 
 
 def unstaged_request(task_data: dict[str, Any] | None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.account_ids_file is not None:
         parameters["account_ids_file"] = file_path(parser, args.account_ids_file)
-    return run_cli(account_check, parameters)
+    return run_cli(account_check, parameters, TASK_TYPE)
 
 
 if __name__ == "__main__":

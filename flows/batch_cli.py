@@ -97,9 +97,43 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
     return None
 
 
-def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
-    problem = _parameters_problem(parameters)
-    if problem is not None:
+def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
+    """A new batch's request checked here, read-only, as its run will check it first: a refusal
+    is then one line, with no flow run (and none of its log lines) at all."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from batchlib.batch_types import get_batch_type
+    from batchlib.errors import InvalidInput
+    from batchlib.settings import get_settings
+    from batchlib.task_data import items_from_file, validate_request
+    from db import get_engine, run_transaction
+
+    if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
+        return None  # a resume, or a request the run refuses in one line anyway
+    settings = get_settings()
+    batch_type = get_batch_type(task_type)
+    task_data = {k: parameters[k] for k in batch_type.inputs if parameters.get(k) is not None} or None
+    path = parameters.get("items_file") or parameters.get("account_ids_file")
+    try:
+        if path is not None:
+            task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, path)}
+        engine = get_engine(settings.database_url.get_secret_value())
+        run_transaction(engine, lambda s: validate_request(
+            s, batch_type, parameters["tenant_id"], task_data, settings,
+            task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
+        ))
+    except InvalidInput as exc:
+        return f"rejected: {exc}"
+    except (OperationalError, InterfaceError):
+        return None  # the run reports the database being down
+    return None
+
+
+def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: str | None = None) -> int:
+    """Run ``flow_fn`` with ``parameters``; with ``task_type``, a new batch's request is checked
+    before the flow run is created."""
+    problem = _parameters_problem(parameters) or (task_type and _request_problem(task_type, parameters))
+    if problem:
         return refuse(problem)
     quiet_prefect()
     try:
@@ -164,4 +198,4 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
     }
     if args.items_file is not None:
         parameters["items_file"] = file_path(parser, args.items_file)
-    return run_cli(flow_fn, parameters)
+    return run_cli(flow_fn, parameters, getattr(flow_fn, "fn", flow_fn).__name__)  # items_flow: named by type

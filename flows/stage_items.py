@@ -32,8 +32,7 @@ __all__ = ["main", "stage"]
 
 def stage(task_type: str, tenant_id: int, path: str, *, task_name: str | None = None, admin_id: int = 0) -> int:
     """Validate the file's items for ``task_type`` and write the pending batch; its id."""
-    from db import create_batch, get_engine, run_transaction
-    from db.mirror import stage_details
+    from db import create_batch, get_engine, run_transaction, stage_details
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)

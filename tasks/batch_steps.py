@@ -17,14 +17,13 @@ from batchlib.batch_types import get_batch_type
 from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, InvalidItems, UnknownBatch, UnknownBatchType
 from batchlib.settings import get_settings
 from batchlib.task_data import (
-    check_task_data,
     decode_task_data,
     fits_column,
     staged_request,
     summary,
     unstaged_request,
+    validate_request,
 )
-from batchlib.validation import check_admin_id, check_task_name
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -156,9 +155,6 @@ def open_batch(
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     owner = owner_name()
-    if batch_id is None:
-        check_task_data(task_data, batch_type)
-        task_name, create_admin_id = check_task_name(task_name), check_admin_id(create_admin_id)
 
     def existing(session) -> tuple[bool, bool]:
         """(has detail rows, is pending): a pending row with detail rows was staged."""
@@ -171,13 +167,18 @@ def open_batch(
     resuming = has_rows and not staged
     items = None
     if not resuming:
-        def request(session) -> dict[str, Any]:
+        def validate(session) -> list:
+            if batch_id is None:
+                return validate_request(session, batch_type, tenant_id, task_data, settings,
+                                        task_name=task_name, create_admin_id=create_admin_id)
             if staged:
-                return staged_request(batch_type, task_data, staged_details(session, batch_id))
-            return unstaged_request(task_data)
+                request = staged_request(batch_type, task_data, staged_details(session, batch_id))
+            else:
+                request = unstaged_request(task_data)
+            return batch_type.parse(session, tenant_id, request, settings)
 
         try:
-            parsed = _tx(lambda s: batch_type.parse(s, tenant_id, request(s), settings))
+            parsed = _tx(validate)
         except InvalidInput as exc:
             if batch_id is not None:
                 _fail_row(batch_id, owner, flow_run_id, f"invalid {'items' if staged else 'task_data'}: {exc}")
