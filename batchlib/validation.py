@@ -38,8 +38,8 @@ TASK_NAME_MAX = 255  # la_batch_task.task_name is varchar(255)
 
 
 def check_task_name(value: Any) -> str | None:
-    """None (a default name is used) or text of at most 255 characters, without NUL or surrogates."""
-    if value is None:
+    """None or "" (a default name is used) or text of at most 255 characters, without NUL or surrogates."""
+    if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise InvalidItems(f"task name must be text, got {type(value).__name__}")
