@@ -146,7 +146,7 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: 
     if state.is_completed():
         print(message)
         return 0
-    if message.startswith("rejected:"):
+    if message.startswith(("rejected:", "Validation of flow parameters failed")):
         return refuse(message)
     print(message, file=sys.stderr)
     return 1
