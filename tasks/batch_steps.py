@@ -145,12 +145,14 @@ def open_batch(
     would not fit the TEXT column; the items themselves are the detail rows. An existing row
     (admin panel, staged, resume): a row whose input is invalid is marked ``failed`` with a
     readable reason, then the error is raised. A pending row that already has detail rows was
-    staged (panel SQL, ``flows.stage_items``): those rows are its items, validated like any. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns;
-    when collecting failed (``collect_error``), the valid request is recorded as a ``failed``
-    batch with that reason and no detail rows (a resume collects again).
+    staged (panel SQL, ``flows.stage_items``): those rows are its items, validated like any.
+    ``collected`` items (from the type's ``collect``) replace what ``parse`` returns; when
+    collecting failed (``collect_error``), the valid request is recorded as a ``failed`` batch
+    with that reason and no detail rows (a resume collects again).
     Detail rows are inserted in one transaction (multi-row INSERTs), so they are all there or none.
     """
     from db import add_details, claim_batch, create_batch, get_batch, recount, set_total, staged_details
+    from db.statuses import PENDING
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)
@@ -161,7 +163,7 @@ def open_batch(
         if batch_id is None or recount(session, batch_id).total == 0:
             return False, False
         row = get_batch(session, batch_id)
-        return True, row is not None and row.task_status == "pending"
+        return True, row is not None and row.task_status == PENDING
 
     has_rows, staged = _tx(existing)
     resuming = has_rows and not staged
