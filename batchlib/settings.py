@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     flush_max_items: int = Field(500, ge=1)
     detail_insert_chunk: int = Field(5000, ge=1)
     max_items: int = Field(100_000, ge=1)
+    items_dir: str | None = None  # when set, a run's items_file parameter must be a file in this folder
 
     # Locks and liveness
     lock_ttl_s: float = Field(30.0, gt=0)

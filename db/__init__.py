@@ -44,6 +44,8 @@ from db.mirror import (
     record_outcomes,
     recount,
     set_total,
+    stage_details,
+    staged_details,
 )
 from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog, IpfsPin
 from db.pins import PIN_PRESENT, PIN_REMOVED, failed_items, mark_pins_removed, record_pins, remove_unseen_pins
@@ -55,6 +57,7 @@ __all__ = [
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat", "add_details", "set_total",
     "pending_items", "record_outcomes", "finish_batch", "recount", "counters", "get_batch",
+    "stage_details", "staged_details",
     "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
     "running_batches", "load_credentials_many",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",

@@ -29,6 +29,7 @@ from batchlib.errors import (
     UnknownBatch,
 )
 from batchlib.outcomes import ItemOutcome
+from batchlib.task_data import TASK_DATA_MAX_BYTES, decode_json
 from db import statuses as st
 from db._util import DETAIL, RUN, TASK, chunks, dumps, insert_ignore, loads, now_or, truncate
 from db.models import BatchTask
@@ -38,10 +39,8 @@ __all__ = [
     "create_batch", "claim_batch", "check_fence", "heartbeat",
     "add_details", "set_total", "pending_items", "record_outcomes", "finish_batch",
     "recount", "counters", "get_batch", "find_active", "holds_key", "is_active_guard_violation", "AUTO_RESUME_NOTE",
+    "stage_details", "staged_details",
 ]
-
-
-TASK_DATA_MAX_BYTES = 65_535  # la_batch_task.task_data is TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,15 +176,15 @@ def create_batch(
     on the claim (two runs racing here: the second claim hits the unique key).
 
     InvalidItems when ``task_data`` does not fit the panel's ``TEXT`` column (64 KiB): MariaDB
-    in strict mode refuses the row (found by tests/faults: ~9,000 explicit ids crashed the run).
+    in strict mode refuses the row. Callers keep long item lists in the detail rows and store
+    only their summary here (``batchlib.task_data.summary``), so this is a last guard.
     """
     now = now_or(now)
     text = dumps(task_data)
     if text is not None and len(text.encode()) > TASK_DATA_MAX_BYTES:
         raise InvalidItems(
-            f"the request is too large to store: task_data is {len(text.encode())} bytes and "
-            f"la_batch_task.task_data holds {TASK_DATA_MAX_BYTES}; split it into smaller batches "
-            "(about 9,000 account ids each), or omit account_ids to process every active account"
+            f"task_data is {len(text.encode())} bytes and la_batch_task.task_data holds {TASK_DATA_MAX_BYTES}: "
+            "keep the items in the detail rows and a summary in task_data (docs/batch-types.md, Large item lists)"
         )
     active = find_active(session, tenant_id, task_type)
     if active is not None:
@@ -208,10 +207,7 @@ def create_batch(
 
 
 def _parse_task_data(batch_id: int, text: str | None) -> dict[str, Any] | None:
-    try:
-        data = loads(text)
-    except ValueError:
-        raise InvalidItems(f"batch {batch_id}: task_data is not valid JSON") from None
+    data = decode_json(text, what=f"batch {batch_id}: task_data", max_bytes=TASK_DATA_MAX_BYTES) if text else None
     if data is not None and not isinstance(data, dict):
         raise InvalidItems(f"batch {batch_id}: task_data must be a JSON object")
     return data
@@ -329,6 +325,33 @@ def add_details(
     """Insert pending detail rows for items not there yet; returns how many were inserted."""
     now = now_or(now)
     check_fence(session, batch_id, fence, now)
+    return _insert_details(session, batch_id, items, now)
+
+
+def stage_details(
+    session: Session, batch_id: int, items: Sequence[tuple[int, dict[str, Any] | None]], now: int | None = None
+) -> int:
+    """Insert pending detail rows for a batch nobody has claimed yet (staged items, no fence:
+    its run validates them when it claims the batch); returns how many were inserted."""
+    now = now_or(now)
+    status = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one_or_none()
+    if status != st.PENDING:
+        raise BatchNotClaimable(batch_id, str(status), "items can only be staged for a pending batch")
+    return _insert_details(session, batch_id, items, now)
+
+
+def staged_details(session: Session, batch_id: int) -> list[tuple[int, str | None]]:
+    """(item_id, item_data text) of every detail row of a batch, by item_id (not decoded: the
+    caller checks untrusted staged rows with the task_data limits)."""
+    rows = session.execute(
+        select(DETAIL.c.item_id, DETAIL.c.item_data).where(DETAIL.c.task_id == batch_id).order_by(DETAIL.c.item_id)
+    ).all()
+    return [(int(item_id), data) for item_id, data in rows]
+
+
+def _insert_details(
+    session: Session, batch_id: int, items: Sequence[tuple[int, dict[str, Any] | None]], now: int
+) -> int:
     if not items:
         return 0
     rows = [

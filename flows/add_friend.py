@@ -24,10 +24,15 @@ async def add_friend(
     create_admin_id: int = 0,
     batch_id: int | None = None,
     takeover: bool = False,
+    items_file: str | None = None,
 ):
     """Send friend requests from accounts of one tenant (within the daily cap per account).
 
     ``items``: ``[{"account_id": ..., "friend_uid": ...}, ...]``, one per account of the tenant.
+
+    ``items_file``: instead of ``items``, the path of a JSON or CSV file of items on the host
+    running the flow (a worker reads only under ``BATCH_ITEMS_DIR`` when that is set); its items
+    go to the detail rows and the batch row keeps their count.
 
     ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
     failed/cancelled one: only items still pending are processed. ``takeover`` also claims
@@ -37,6 +42,7 @@ async def add_friend(
     return await run_items_flow(
         TASK_TYPE, tenant_id=tenant_id, items=items, task_name=task_name,
         create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
+        items_file=items_file,
     )
 
 

@@ -12,6 +12,7 @@ the mirror still gets one detail row per item.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,12 +23,21 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import BatchCancelled, BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
+from batchlib.errors import (
+    BatchCancelled,
+    BatchError,
+    DatabaseUnavailable,
+    InvalidItems,
+    LockLost,
+    PlatformError,
+    StaleFence,
+)
 from batchlib.item_context import ItemContext
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
 from batchlib.settings import Settings, get_settings
+from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
@@ -140,11 +150,18 @@ async def run_batch(
     create_admin_id: int = 0,
     batch_id: int | None = None,
     takeover: bool = False,
+    items_file: str | None = None,
 ) -> BatchSummary:
     started = time.monotonic()
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     flow_run_id = _flow_run_id()
+    source = None
+    if items_file is not None:
+        if batch_id is not None or task_data is not None:
+            raise InvalidItems("give the items inline, in a file, or as a batch id: one of them")
+        task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, items_file)}
+        source = f"file:{os.path.basename(items_file)}"
     if batch_id is not None:
         row = _accepted(describe_batch(batch_id, task_type))
         if tenant_id is not None and tenant_id != row.tenant_id:
@@ -165,7 +182,7 @@ async def run_batch(
             task_type, tenant_id, task_data,
             task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
-            collected=collected, collect_error=collect_error,
+            collected=collected, collect_error=collect_error, source=source,
         ))
         if opened.error is not None:
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "failed", opened.error, "none", None

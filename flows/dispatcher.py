@@ -5,8 +5,10 @@
 
 Each pending row becomes one deployment run of its type, with parameters
 ``{batch_id, tenant_id}``; the run claims the row and owns it from then on. A row whose
-``task_type`` is unknown, or whose ``task_data`` is not a JSON object, is marked ``failed``
-with a readable ``error_message``.
+``task_type`` is unknown, or whose ``task_data`` cannot be read (not UTF-8 JSON, too large,
+nested too deep, not an object, keys its type does not take), is marked ``failed`` with a
+readable ``error_message``. Each row is judged alone: whatever one row holds, the pass goes on
+with the next.
 
 Rows queue per (tenant, type): a row is started only when no batch of its tenant and type
 is running (or still stopping after a cancel) and no older pending row of that key waits;
@@ -70,7 +72,10 @@ def dispatch_once(
     ahead = key_holders() if rows else {}  # (tenant, type) -> the batch the next row waits for
     now = int(time.time())
     for row in rows:
-        problem = row_problem(row, deployments)
+        try:
+            problem = row_problem(row, deployments)
+        except Exception as exc:  # a check that breaks on a row fails that row, not the pass
+            problem = f"invalid task_data: cannot be read ({type(exc).__name__})"
         if problem is not None:
             outcome["failed" if fail_row(row.batch_id, problem) else "claimed"] += 1
             continue

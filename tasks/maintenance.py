@@ -67,21 +67,17 @@ def key_holders() -> dict[tuple[int, str], int]:
 
 
 def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
-    """Why a pending row cannot be started, in words for the admin panel; None when it can."""
-    import json
+    """Why a pending row cannot be started, in one line for the admin panel; None when it can.
+
+    Only the row itself is read (``batchlib.task_data``: size, nesting, JSON, the type's keys
+    and their types); the run checks the items against the database.
+    """
+    from batchlib.task_data import task_data_problem
 
     if row.task_type not in known_types:
         known = ", ".join(sorted(known_types)) or "none"
-        return f"unknown task_type {row.task_type!r}: this installation runs {known}"
-    if row.task_data is None or row.task_data.strip() == "":
-        return None  # no input: the batch type's defaults (e.g. every active account)
-    try:
-        data = json.loads(row.task_data)
-    except ValueError as exc:
-        return f"invalid task_data: not valid JSON ({exc.msg} at character {exc.pos})"
-    if data is not None and not isinstance(data, dict):  # JSON null: no input, as above
-        return f"invalid task_data: expected a JSON object, got {type(data).__name__}"
-    return None
+        return f"unknown task_type {str(row.task_type)[:60]!r}: this installation runs {known}"
+    return task_data_problem(row.task_type, row.task_data)
 
 
 def dispatch_notes_for(batch_ids: list[int]) -> dict[int, Any]:

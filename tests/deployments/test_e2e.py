@@ -15,6 +15,7 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Cancelling
 
+from batchlib.seeding import import_accounts
 from deployments.spec import REPO_ROOT, load_specs
 from flows.dispatcher import DEPLOYMENTS
 from tests.deployments.conftest import POOL, Deployed, wait_for
@@ -120,7 +121,7 @@ def test_admin_panel_rows_are_dispatched(system: Deployed) -> None:
     assert len(_flow_runs_tagged(system, f"batch-{good}")) == 1  # one run per row
 
     for batch_id, words in ((unknown, "unknown task_type"), (not_json, "not valid JSON"),
-                            (not_object, "expected a JSON object")):
+                            (not_object, "must be a JSON object")):
         row = system.wait_status(batch_id, ("failed",), 30)
         assert words in row["error_message"], row
         assert row["end_time"] is not None
@@ -162,6 +163,33 @@ def _wait_flow_run(system: Deployed, flow_run_id: str, timeout: float):
             lambda: (s := client.read_flow_run(flow_run_id).state) and s.is_final() and s,
             timeout, what=f"flow run {flow_run_id} to end",
         )
+
+
+def test_10000_nicknames_from_a_deployment_run_with_an_items_file(system: Deployed) -> None:
+    """What an operator does in the Prefect UI: a nickname-change run whose items_file parameter
+    is a CSV of 10,000 items on the worker's host. A bad parameter fails the run in one line."""
+    import csv
+
+    tenant, n = 13, 10_000
+    system.sim.seed({tenant: n})
+    import_accounts(system.engine, system.sim.accounts(tenant))
+    path = system.tmp / "nicknames.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("account_id", "nickname"), *((tenant * 100_000 + i, f"ui {i}") for i in range(1, n + 1))])
+
+    missing = _deployment_run(system, "nickname-change/nickname-change", f"tenant_id={tenant}",
+                              f"items_file={system.tmp / 'missing.csv'}")
+    state = _wait_flow_run(system, missing, FIRST_RUN_TIMEOUT)
+    assert state.is_failed() and state.message == (
+        "rejected: cannot read the items file missing.csv: No such file or directory"), state.message
+    assert system.batches_of(tenant) == []
+
+    _deployment_run(system, "nickname-change/nickname-change", f"tenant_id={tenant}", f"items_file={path}")
+    (batch,) = wait_for(lambda: [b for b in system.batches_of(tenant) if b["task_status"] == "completed"] or None,
+                        300, what="the 10,000-item batch to complete")
+    assert (batch["total_count"], batch["success_count"]) == (n, n), batch
+    assert json.loads(batch["task_data"]) == {"items_count": n, "source": "file:nicknames.csv"}
+    system.assert_consistent(batch["id"])
 
 
 def test_nightly_check_fans_out_one_run_per_idle_tenant(system: Deployed) -> None:

@@ -42,8 +42,13 @@ from tasks.maintenance import PendingRow, row_problem
         ("account_check", "null", None),
         ("teleport", "{}", "unknown task_type 'teleport'"),
         ("account_check", "{account_ids: [1", "not valid JSON"),
-        ("account_check", "[1,2]", "expected a JSON object, got list"),
-        ("account_check", '"text"', "expected a JSON object, got str"),
+        ("account_check", "[1,2]", "must be a JSON object, got list"),
+        ("account_check", '"text"', "must be a JSON object, got string"),
+        ("account_check", '{"acount_ids": [1]}', "unknown key(s) 'acount_ids' in task_data"),
+        ("account_check", "[" * 30_000 + "]" * 30_000, "nested more than 16 levels deep"),
+        ("account_check", '{"account_ids": [NaN]}', "NaN is not a number"),
+        ("nickname_change", '{"items": {"account_id": 1}}', "task_data items must be a list, got object"),
+        ("account_check", '{"account_ids": [' + "1," * 40_000 + "1]}", "bytes (at most 65535)"),
     ],
 )
 def test_row_problem(task_type: str, task_data: str | None, problem: str | None) -> None:
@@ -160,6 +165,25 @@ def test_rows_queue_per_tenant_and_type(batch_env, unit_deployment) -> None:
     run_transaction(batch_env.engine, lambda s: finish_batch(s, running.batch_id, running.fence, "completed"))
     assert _dispatch_pass(unit_deployment) == {"queued": 1, "started": 1, "waiting": 1}
     assert len(_runs_of(first, unit_deployment)) == 1 and not _runs_of(second, unit_deployment)
+
+
+def test_a_poison_row_fails_alone_and_the_pass_goes_on(batch_env, unit_deployment) -> None:
+    """A row nested 30,000 levels deep (60 KB: fits the TEXT column), one with a misspelt key,
+    then a good row inserted after them: the bad ones fail with a one-line reason, the good one
+    is dispatched in the same pass."""
+    batch_env.seed({7: 3, 8: 3, 9: 3})
+    deep = batch_env.insert_pending(7, "account_check", "[" * 30_000 + "]" * 30_000)
+    misspelt = batch_env.insert_pending(8, "account_check", {"acount_ids": [800001]})
+    good = batch_env.insert_pending(9, "account_check", {"account_ids": [900001]})
+
+    assert _dispatch_pass(unit_deployment) == {"failed": 2, "started": 1}
+
+    for batch_id, words in ((deep, "nested more than 16 levels deep"), (misspelt, "unknown key(s) 'acount_ids'")):
+        row = batch_env.batch(batch_id)
+        assert row["task_status"] == "failed" and words in row["error_message"], row["error_message"]
+        assert "\n" not in row["error_message"] and not _runs_of(batch_id, unit_deployment)
+    (run,) = _runs_of(good, unit_deployment)
+    assert run.parameters == {"batch_id": good, "tenant_id": 9}
 
 
 # -- reaper ----------------------------------------------------------------------------
