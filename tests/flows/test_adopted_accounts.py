@@ -10,8 +10,8 @@ run leaves no account holding a refresh token the platform has revoked.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
-import threading
 import time
 from collections.abc import Iterator
 
@@ -89,54 +89,61 @@ def test_a_configured_column_the_table_lacks_is_refused_before_anything_is_writt
     assert panel_env.sim.stats()["total"] == 0
 
 
+def panel_refresher(url: str, sim_url: str, ids: list[int], stop, refreshed, refused) -> None:
+    """The PHP panel's ``AltAccountService::refreshToken``, in a loop over random accounts: read
+    the stored refresh token, call the platform, write the new pair with a plain UPDATE."""
+    engine = make_engine(url)
+    rng = random.Random(3)
+    try:
+        with httpx.Client(base_url=sim_url, timeout=10) as http:
+            while not stop.is_set():
+                account_id = rng.choice(ids)
+                with engine.begin() as conn:
+                    (refresh,) = conn.exec_driver_sql(
+                        "SELECT refresh_token FROM la_alt_account WHERE id = %s", (account_id,)
+                    ).one()
+                reply = http.post("/v1/oauth/refresh", json={"refresh_token": refresh})
+                if reply.status_code != 200:
+                    refused.value += 1
+                    continue
+                body = reply.json()
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        "UPDATE la_alt_account SET token = %s, refresh_token = %s, expire_time = %s,"
+                        " update_time = %s WHERE id = %s",
+                        (body["access_token"], body["refresh_token"], int(time.time()) + body["expires_in"],
+                         int(time.time()), account_id),
+                    )
+                refreshed.value += 1
+                time.sleep(0.01)
+    finally:
+        engine.dispose()
+
+
 def test_tokens_refreshed_by_the_panel_meanwhile_are_adopted(panel_env: BatchEnv, configure) -> None:
-    """Short token lifetimes; a panel thread (its own engine) refreshes random accounts the way
-    AltAccountService::refreshToken does (read the stored refresh token, call the platform, write
-    the new pair with a plain UPDATE) while three account_check batches run. At the end every
-    account holds the platform's current refresh token and every item succeeded."""
+    """Short token lifetimes; a second process refreshes random accounts the way the panel does
+    (``panel_refresher``) while three account_check batches run. At the end every account holds
+    the platform's current refresh token and every item succeeded."""
     panel_env.sim.seed({7: 40}, seed=9)
     ids = panel_rows(panel_env, 7)
-    panel_env.sim.configure(token_lifetime_s=1, latency_ms=20, jitter_ms=20)
+    panel_env.sim.configure(token_lifetime_s=3, latency_ms=20, jitter_ms=20)
     panel_env.sim.expire(tenant_id=7)  # the stored access tokens are expired from the start
     configure(concurrency=10)
-    stop = threading.Event()
-    panel_refreshes = {"ok": 0, "refused": 0}
-
-    def panel() -> None:
-        engine = make_engine(panel_env.url)
-        rng = random.Random(3)
-        try:
-            with httpx.Client(base_url=panel_env.sim.url, timeout=10) as http:
-                while not stop.is_set():
-                    account_id = rng.choice(list(ids.values()))
-                    with engine.begin() as conn:
-                        (refresh,) = conn.exec_driver_sql(
-                            "SELECT refresh_token FROM la_alt_account WHERE id = %s", (account_id,)
-                        ).one()
-                    reply = http.post("/v1/oauth/refresh", json={"refresh_token": refresh})
-                    if reply.status_code != 200:
-                        panel_refreshes["refused"] += 1
-                        continue
-                    body = reply.json()
-                    with engine.begin() as conn:
-                        conn.exec_driver_sql(
-                            "UPDATE la_alt_account SET token = %s, refresh_token = %s, expire_time = %s,"
-                            " update_time = %s WHERE id = %s",
-                            (body["access_token"], body["refresh_token"], int(time.time()) + body["expires_in"],
-                             int(time.time()), account_id),
-                        )
-                    panel_refreshes["ok"] += 1
-                    time.sleep(0.01)
-        finally:
-            engine.dispose()
-
-    refresher = threading.Thread(target=panel, daemon=True)
-    refresher.start()
+    spawn = multiprocessing.get_context("spawn")
+    stop, refreshed, refused = spawn.Event(), spawn.Value("i", 0), spawn.Value("i", 0)
+    panel = spawn.Process(
+        target=panel_refresher, args=(panel_env.url, panel_env.sim.url, list(ids.values()), stop, refreshed, refused),
+        daemon=True,
+    )
+    panel.start()
     try:
+        while refreshed.value < 5 and panel.is_alive():  # the panel is at work before the first batch
+            time.sleep(0.05)
         states = [asyncio.run(account_check(tenant_id=7, return_state=True)) for _ in range(3)]
     finally:
         stop.set()
-        refresher.join(15)
+        panel.join(15)
+    panel_refreshes = {"ok": refreshed.value, "refused": refused.value}
 
     assert all(s.is_completed() for s in states), [s.message for s in states]
     errors = panel_env.sql("SELECT DISTINCT error_message FROM la_batch_task_detail WHERE status <> 'success'")
