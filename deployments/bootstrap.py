@@ -122,7 +122,7 @@ def stand_in_automation(maintenance_id: Any, after_s: int = ZOMBIE_AFTER_S) -> A
 
     The deployment trigger of prefect.yaml (a maintenance run became Crashed) does not fire
     when the Crashed state comes from the zombie automation of a real, killed run (measured
-    on 3.8.8: no stand-in in 4 minutes, while a Crashed state set through the API fires it
+    on 3.8.8: no stand-in within 3 minutes, while a Crashed state set through the API fires it
     within 5 s), so the stand-in hangs off the silence itself, one automation hop."""
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore
