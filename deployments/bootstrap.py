@@ -9,6 +9,8 @@
    that stops sending heartbeats for ``ZOMBIE_AFTER_S`` is marked CRASHED. Workers send them
    every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (set 30 on every worker: the
    smallest value Prefect accepts; its default, 180, would leave a dead run RUNNING 9 min);
+   and, once the maintenance deployment exists, "replace a lost maintenance run": a
+   maintenance run silent that long starts a stand-in maintenance run;
 4. with ``--deploy``: ``prefect deploy --all`` from the repository root, without
    ``BATCH_REPO_DIR`` in its environment, so the pull step keeps ``{{ $BATCH_REPO_DIR }}``
    and each worker resolves it to its own checkout when a run starts; then the maintenance
@@ -37,13 +39,15 @@ from db.migrate import check_accounts_table
 from deployments.spec import REPO_ROOT, work_pool_name
 
 __all__ = [
-    "ApiUnusable", "check_api", "deploy_all", "ensure_work_pool", "ensure_zombie_automation", "main", "migrate",
-    "zombie_automation",
+    "ApiUnusable", "anchor_maintenance_schedule", "check_api", "deploy_all", "ensure_automation",
+    "ensure_stand_in_automation", "ensure_work_pool", "ensure_zombie_automation", "main", "migrate",
+    "stand_in_automation", "zombie_automation",
 ]
 
 log = logging.getLogger("deployments.bootstrap")
 
 ZOMBIE_AUTOMATION = "crash zombie flow runs"
+STAND_IN_AUTOMATION = "replace a lost maintenance run"
 HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
 # Two missed heartbeats. Prefect's recipe uses three; two keep a lost worker's maintenance run
 # replaced within the 3-minute resume bound. A false alarm is harmless: a live batch run that
@@ -111,30 +115,37 @@ async def ensure_work_pool(name: str) -> bool:
         return True
 
 
-def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> Any:
-    """Prefect's "detect zombie flows" automation: no heartbeat (nor an ending) within
-    ``after_s`` of a flow run's last heartbeat -> CRASHED. The crash fires the maintenance
-    deployment's trigger, which starts a stand-in run when a maintenance run was the zombie."""
+def _silence_trigger(after_s: int, *related: dict[str, str]) -> Any:
+    """A flow run (optionally with these related resources) sent a heartbeat, then neither
+    another one nor an ending within ``after_s``: Prefect's "detect zombie flows" trigger."""
     from datetime import timedelta
 
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        match_related=[ResourceSpecification(r) for r in related] if related else ResourceSpecification({}),
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=after_s),
+    )
+
+
+def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> Any:
+    """Every flow run that stopped heartbeating -> CRASHED (its batch is then reaped as gone)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.events.schemas.automations import AutomationCore
 
     return AutomationCore(
         name=ZOMBIE_AUTOMATION,
         description=f"A flow run sent no heartbeat for {after_s}s (its worker or host is gone): mark it Crashed.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=after_s),
-        ),
+        trigger=_silence_trigger(after_s),
         actions=[ChangeFlowRunState(
             state=StateType.CRASHED,
             message=f"no heartbeat for {after_s}s: marked Crashed by the zombie automation",
@@ -142,13 +153,30 @@ def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> Any:
     )
 
 
-async def ensure_zombie_automation() -> str:
-    """Create the zombie automation, or update it when it differs; returns what was done."""
+def stand_in_automation(maintenance_id: Any, after_s: int = ZOMBIE_AFTER_S) -> Any:
+    """A maintenance run that stopped heartbeating -> a stand-in maintenance run, directly.
+
+    The deployment trigger of prefect.yaml (a maintenance run became Crashed) does not fire
+    when the Crashed state comes from the zombie automation of a real, killed run (measured
+    on 3.8.8: no stand-in within 3 minutes, while a Crashed state set through the API fires it
+    within 5 s), so the stand-in hangs off the silence itself, one automation hop."""
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore
+
+    return AutomationCore(
+        name=STAND_IN_AUTOMATION,
+        description=f"A maintenance run sent no heartbeat for {after_s}s: start a stand-in maintenance run.",
+        trigger=_silence_trigger(after_s, {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.maintenance"}),
+        actions=[RunDeployment(source="selected", deployment_id=maintenance_id, parameters={"stand_in": True})],
+    )
+
+
+async def ensure_automation(wanted: Any) -> str:
+    """Create an automation by name, or update it when it differs; returns what was done."""
     from prefect.client.orchestration import get_client
 
-    wanted = zombie_automation()
     async with get_client() as client:
-        existing = await client.read_automations_by_name(ZOMBIE_AUTOMATION)
+        existing = await client.read_automations_by_name(wanted.name)
         if not existing:
             await client.create_automation(wanted)
             return "created"
@@ -162,6 +190,23 @@ async def ensure_zombie_automation() -> str:
             return "unchanged"
         await client.update_automation(first.id, wanted)
         return "updated"
+
+
+async def ensure_zombie_automation() -> str:
+    return await ensure_automation(zombie_automation())
+
+
+async def ensure_stand_in_automation() -> str:
+    """The stand-in automation, once the maintenance deployment exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(MAINTENANCE)
+        except ObjectNotFound:
+            return "skipped (deploy first: --deploy)"
+    return await ensure_automation(stand_in_automation(deployment.id))
 
 
 async def anchor_maintenance_schedule() -> str:
@@ -243,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.deploy:
         deploy_all()
         log.info("maintenance schedule anchored at %s", asyncio.run(anchor_maintenance_schedule()))
+    log.info("automation %r %s", STAND_IN_AUTOMATION, asyncio.run(ensure_stand_in_automation()))
     log.info("reminder: every worker needs BATCH_REPO_DIR=<its checkout> (here: %s) and "
              "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=%s in its environment", REPO_ROOT, HEARTBEAT_FREQUENCY_S)
     return 0

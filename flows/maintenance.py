@@ -15,11 +15,13 @@ reaper run a minute (2,880). Overlapping runs are harmless (a row is dispatched 
 compare-and-set in la_batch_run plus the flow run's idempotency key; reaping and resuming
 are fenced), so the deployment has no concurrency limit that a killed run could hold.
 
-A run whose worker dies is replaced by Prefect itself: the zombie automation crashes a run
-that stopped heartbeating, and the deployment's trigger then starts a *stand-in* run
-(``stand_in=True``). A stand-in does one pass and ends when a scheduled run or an older
-stand-in is running, otherwise it takes over until its own deadline. A run that starts after
-its deadline (runs that piled up while no worker was up) does one pass and ends.
+A run whose worker dies is replaced through Prefect: the bootstrap's automation "replace a
+lost maintenance run" starts a *stand-in* run (``stand_in=True``) when a maintenance run stops
+heartbeating (the zombie automation crashes the lost run at the same moment; prefect.yaml's
+trigger also starts one when a maintenance run is reported Crashed). A stand-in reaps at
+once and ends within ``reap_every_s`` when a scheduled run or an older stand-in is running;
+otherwise it takes over until its deadline. A run that starts after its deadline (runs that
+piled up while no worker was up) does one pass and ends.
 """
 
 from __future__ import annotations
@@ -52,12 +54,17 @@ def maintenance(
     """Dispatch every ``poll_s`` and reap every ``reap_every_s`` until ``run_for_s`` after the scheduled start."""
     log = get_run_logger()
     deadline = time.monotonic() + max(0.0, run_for_s - _late_by())
-    if stand_in and _someone_else_on_duty():
-        log.info("another maintenance run is on duty: one pass only")
-        deadline = time.monotonic()
     totals: Counter = Counter()
     next_reap = time.monotonic()
+    # A stand-in first reaps, then checks every reap_every_s whether it is still needed: its
+    # start races the zombie automation, which may not have crashed the lost run yet.
+    duty_check = time.monotonic() + reap_every_s
     while True:
+        if stand_in and time.monotonic() >= duty_check:
+            duty_check = time.monotonic() + reap_every_s
+            if _someone_else_on_duty():
+                log.info("another maintenance run is on duty: this stand-in ends")
+                break
         try:
             done = dispatch_once(limit, redispatch_after_s)
             if time.monotonic() >= next_reap:
