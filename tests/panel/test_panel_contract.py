@@ -87,7 +87,10 @@ FINAL = ("completed", "failed", "cancelled")
 HOSTILE_ROWS = [
     ("teleport", "{}", "unknown task_type 'teleport'"),
     ("account_check", "{account_ids: [1", "not valid JSON"),
-    ("account_check", "[1, 2]", "expected a JSON object"),
+    ("account_check", "[1, 2]", "must be a JSON object, got list"),
+    ("account_check", "[" * 30_000 + "]" * 30_000, "nested more than"),  # 60 KB: fits the TEXT column
+    ("account_check", '{"acount_ids": [1]}', "unknown key(s) 'acount_ids'"),  # never widened to every account
+    ("account_check", '{"account_ids": [NaN]}', "NaN is not a number JSON allows"),
 ]
 
 
@@ -450,7 +453,7 @@ def test_a_duplicate_active_row_is_queued_and_other_rows_go_on(slow_platform: Pa
     assert panel.sim.stats()["max_in_flight_by_tenant"]["26"] <= CONCURRENCY
 
 
-@pytest.mark.parametrize(("task_type", "task_data", "words"), HOSTILE_ROWS, ids=[w for _, _, w in HOSTILE_ROWS])
+@pytest.mark.parametrize(("task_type", "task_data", "words"), HOSTILE_ROWS, ids=[w[:30] for _, _, w in HOSTILE_ROWS])
 def test_a_hostile_row_fails_alone(panel: Panel, task_type: str, task_data: str, words: str) -> None:
     hostile = panel.insert(28, task_data, task_type)
     good = panel.insert(29)
