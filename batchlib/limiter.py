@@ -53,7 +53,7 @@ class ResizableLimiter:
         return self._open or self._in_use < self._size
 
     async def acquire(self) -> None:
-        if self._has_room() and not any(not w.done() for w in self._waiters):
+        if self._has_room() and (not self._waiters or all(w.done() for w in self._waiters)):
             self._in_use += 1  # no one is queued ahead (granted waiters already hold their slot)
             return
         waiter = asyncio.get_running_loop().create_future()

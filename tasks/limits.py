@@ -127,8 +127,8 @@ class LimitFollower:
                                   self.name, _why(exc), self.limiter.size)
             self._failing = True
             return
-        if self._failing and self.setting is not None:
-            self._log.info("concurrency limit %s: readable again", self.name)
+        if self._failing:
+            self._log.info("concurrency limit %s: the Prefect API answers again", self.name)
         self._failing = False
         if setting != self.setting:
             if self.setting is not None or setting.slots != self.default:
