@@ -85,7 +85,9 @@ class LimitFollower:
         task.cancel(); await follower.close()  # slots in use back to 0
     """
 
-    def __init__(self, tenant_id: int, task_type: str, settings: Settings, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(
+        self, tenant_id: int, task_type: str, settings: Settings, logger: logging.Logger | logging.LoggerAdapter
+    ) -> None:
         self.name = limit_name(tenant_id, task_type)
         self.default = settings.concurrency_for(tenant_id, task_type)
         self.limiter = ResizableLimiter(self.default)

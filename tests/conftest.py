@@ -135,7 +135,13 @@ def fresh_batch_limits(request: pytest.FixtureRequest) -> Iterator[None]:
         request.getfixturevalue("prefect_api")
         asyncio.run(delete_batch_limits())
     else:
-        with temporary_settings({PREFECT_API_URL: request.getfixturevalue("prefect_server").api_url}):
+        from prefect.settings import PREFECT_API_AUTH_STRING
+
+        server = request.getfixturevalue("prefect_server")
+        updates = {PREFECT_API_URL: server.api_url}
+        if getattr(server, "auth_string", None):  # a server behind basic authentication
+            updates[PREFECT_API_AUTH_STRING] = server.auth_string
+        with temporary_settings(updates):
             asyncio.run(delete_batch_limits())
     yield
 

@@ -36,7 +36,9 @@ async def set_limit(name: str, **fields) -> None:
 
 async def create_limit(name: str, limit: int, active: bool = True) -> None:
     async with get_client() as client:
-        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit, active=active))
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit, active=active)
+        )
 
 
 async def read_limit(name: str):
@@ -148,7 +150,10 @@ def test_a_batch_of_a_paused_tenant_waits_and_can_be_cancelled(batch_env: BatchE
 
     async def start_then_cancel():
         flow = asyncio.create_task(account_check(tenant_id=7, return_state=True))
-        while not (rows := batch_env.sql("SELECT id, task_status FROM la_batch_task")) or rows[0].task_status != "running":
+        while True:
+            rows = batch_env.sql("SELECT id, task_status FROM la_batch_task")
+            if rows and rows[0].task_status == "running":
+                break
             await asyncio.sleep(0.1)
         await asyncio.sleep(2 * POLL_S)
         assert not flow.done()
@@ -189,4 +194,6 @@ def test_without_a_working_prefect_api_the_configured_default_holds(
 
     assert sizes == (7, 7)  # the default, never unlimited
     lines = [r.getMessage() for r in caplog.records if r.name == "test.limits"]
-    assert lines == ["concurrency limit batch:7:account_check: Prefect API unavailable, using the configured default of 7"]
+    assert lines == [
+        "concurrency limit batch:7:account_check: Prefect API unavailable, using the configured default of 7"
+    ]
