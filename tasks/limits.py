@@ -96,7 +96,7 @@ class LimitFollower:
         self._timeout_s = settings.limit_api_timeout_s
         self._log = logger
         self._failing = False
-        self._published = 0
+        self._published: int | None = None  # None: the first poll overwrites a figure a killed run left
 
     async def start(self) -> int:
         """Size the limiter from Prefect (or the configured default); return its size."""
