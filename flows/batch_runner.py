@@ -228,7 +228,7 @@ async def _process(
     async with _clients(batch_type, settings, token_store, tenant_id) as (platform, kubo):
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
         limits = LimitFollower(tenant_id, batch_type.name, settings, get_run_logger())
-        limit = await limits.start()  # the key's Prefect limit, or the configured default
+        limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
         runtime = BatchRuntime(batch_type, ctx, mirror, limits.limiter)
         # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
         # woken from a pause made ~100 needless platform calls in tests/faults).
@@ -236,7 +236,6 @@ async def _process(
         register_runtime(runtime)
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
-        follower = asyncio.create_task(limits.run())  # resizes the limiter when operators change it
         get_run_logger().info(
             "batch %s: %s pending of %s items, %s, at most %s in flight",
             opened.batch_id, opened.pending, opened.total, mode, limit,
@@ -245,7 +244,6 @@ async def _process(
             await _feed(runtime, settings, token_store, chunked)
         finally:
             watcher.cancel()
-            follower.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
             flusher.cancel()
             unregister_runtime(opened.batch_id)

@@ -79,10 +79,9 @@ class LimitFollower:
     """Keeps one batch's limiter at the value of its global concurrency limit::
 
         follower = LimitFollower(tenant_id, task_type, settings, logger)
-        await follower.start()                 # limiter sized from Prefect, or the default
-        task = asyncio.create_task(follower.run())
-        ...                                    # items take follower.limiter
-        task.cancel(); await follower.close()  # slots in use back to 0
+        await follower.start()    # limiter sized from Prefect (or the default); polling from now on
+        ...                       # items take follower.limiter
+        await follower.close()    # polling stopped, slots in use back to 0
     """
 
     def __init__(
@@ -96,28 +95,43 @@ class LimitFollower:
         self._timeout_s = settings.limit_api_timeout_s
         self._log = logger
         self._failing = False
-        self._published: int | None = None  # None: the first poll overwrites a figure a killed run left
+        self._published: int | None = None  # None: unknown (a killed run may have left a figure)
+        self._closing = asyncio.Event()
+        self._poller: asyncio.Task | None = None
 
     async def start(self) -> int:
-        """Size the limiter from Prefect (or the configured default); return its size."""
+        """Size the limiter from Prefect (or the configured default), start polling; return the size."""
         await self._refresh()
         if self.setting is None:
             self._log.warning(
                 "concurrency limit %s: Prefect API unavailable, using the configured default of %s",
                 self.name, self.default,
             )
+        self._poller = asyncio.create_task(self._poll())
         return self.limiter.size
 
-    async def run(self) -> None:
-        """Re-read the limit and publish the slots in use every ``limit_poll_s`` until cancelled."""
+    async def _poll(self) -> None:
+        """Re-read the limit and publish the slots in use every ``limit_poll_s`` until closed."""
         while True:
-            await asyncio.sleep(self._poll_s)
+            try:
+                await asyncio.wait_for(self._closing.wait(), self._poll_s)
+                return
+            except TimeoutError:
+                pass
             await self._refresh()
             await self._publish()
 
     async def close(self) -> None:
-        """The batch is done: its slots in use back to 0 (best effort)."""
-        if self._published:
+        """The batch is done: stop polling (after the step under way, so no late write lands
+        after ours), then its slots in use back to 0 (best effort)."""
+        self._closing.set()
+        if self._poller is not None:
+            try:
+                await self._poller
+            except BaseException:
+                self._poller.cancel()
+                raise
+        if self._published != 0:
             await self._publish(0)
 
     async def _refresh(self) -> None:
@@ -142,6 +156,7 @@ class LimitFollower:
         in_use = self.limiter.in_use if in_use is None else in_use
         if in_use == self._published or self.setting is None:
             return
+        self._published = None  # unknown until the server confirms
         try:
             await asyncio.wait_for(_publish_in_use(self.name, in_use), self._timeout_s)
         except Exception:  # only the UI's figure is late; the next poll tries again

@@ -184,9 +184,8 @@ def test_without_a_working_prefect_api_the_configured_default_holds(
     async def follow() -> tuple[int, int]:
         follower = LimitFollower(7, "account_check", get_settings(), logger)
         size = await follower.start()
-        poller = asyncio.create_task(follower.run())
         await asyncio.sleep(1.0)  # several failed polls
-        poller.cancel()
+        await follower.close()
         return size, follower.limiter.size
 
     with caplog.at_level(logging.INFO, logger="test.limits"), temporary_settings({PREFECT_API_URL: url}):
