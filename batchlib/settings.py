@@ -11,7 +11,9 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["MAX_CONCURRENCY", "Settings", "get_settings"]
+
+MAX_CONCURRENCY = 1000  # platform calls in flight for one (tenant, type), whatever a limit says
 
 
 class Settings(BaseSettings):
@@ -27,10 +29,14 @@ class Settings(BaseSettings):
     kubo_nodes: dict[int, str] = Field(default_factory=dict)  # tenant -> its node, e.g. {"7": "http://10.0.0.7:5001"}
 
     # Concurrency: platform calls in flight per (tenant, batch type)
-    concurrency: int = Field(50, ge=1, le=1000)
+    concurrency: int = Field(50, ge=1, le=MAX_CONCURRENCY)
     concurrency_per_type: dict[str, int] = Field(default_factory=dict)
     # "tenant:type" or "tenant" -> limit, e.g. {"7": 10, "8:add_friend": 2}
     concurrency_per_tenant: dict[str, int] = Field(default_factory=dict)
+    # The limits above are the defaults of Prefect global concurrency limits batch:<tenant>:<type>
+    # (created on first use; operators change them in the UI). A running batch re-reads its limit:
+    limit_poll_s: float = Field(3.0, gt=0)
+    limit_api_timeout_s: float = Field(5.0, gt=0)  # past this, a read counts as "API unreachable"
 
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks

@@ -33,6 +33,7 @@ from batchlib.errors import (
     StaleFence,
 )
 from batchlib.item_context import ItemContext
+from batchlib.limiter import ResizableLimiter
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
@@ -41,6 +42,7 @@ from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
+from tasks.limits import LimitFollower
 
 __all__ = [
     "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name",
@@ -230,8 +232,9 @@ async def _process(
         state = await asyncio.to_thread(run_transaction, engine, lambda s: batch_type.prepare(s, bare))
     async with _clients(batch_type, settings, token_store, tenant_id) as (platform, kubo):
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
-        limit = settings.concurrency_for(tenant_id, batch_type.name)
-        runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
+        limits = LimitFollower(tenant_id, batch_type.name, settings, get_run_logger())
+        limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
+        runtime = BatchRuntime(batch_type, ctx, mirror, limits.limiter)
         # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
         # woken from a pause made ~100 needless platform calls in tests/faults).
         mirror.on_stale = lambda: runtime.stop("taken over by another run")
@@ -246,12 +249,13 @@ async def _process(
             opened.batch_id, opened.pending, opened.total, mode, limit,
         )
         try:
-            await _feed(runtime, settings, token_store, chunked, limit)
+            await _feed(runtime, settings, token_store, chunked)
         finally:
             watcher.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
+            await limits.close()
     if mirror.stale:
         raise StaleFence(opened.batch_id, opened.fence)
     if lease.lost:
@@ -298,16 +302,15 @@ class _clients:
             await client.__aexit__(None, None, None)
 
 
-async def _feed(
-    runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool, limit: int
-) -> None:
+async def _feed(runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool) -> None:
     """Page through pending items and hand them to task runs, never more than the limit at once."""
     from db import pending_items, run_transaction
 
     ctx = runtime.ctx
     in_flight: set[asyncio.Task] = set()
-    # Enough chunks in flight to keep every slot of the limit busy, and no more.
-    chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
+    # Enough chunks in flight to keep every slot of the limit busy, and no more (the limit may
+    # change while the batch runs: the chunk slots follow it).
+    chunk_slots = ResizableLimiter(1)
     after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
     try:
         while not runtime.stopped:
@@ -339,6 +342,7 @@ async def _feed(
             if chunked:
                 for start in range(0, len(page), settings.chunk_size):
                     part = page[start : start + settings.chunk_size]
+                    chunk_slots.resize(-(-runtime.limit.size // settings.chunk_size) + 1)
                     await chunk_slots.acquire()
                     if runtime.stopped:
                         chunk_slots.release()
@@ -388,7 +392,7 @@ async def _patiently(
             await asyncio.sleep(min(1.0, settings.db_outage_budget_s / 4))
 
 
-def _spawn(in_flight: set[asyncio.Task], coro, slot: asyncio.Semaphore) -> None:
+def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
     job = asyncio.create_task(coro)
     in_flight.add(job)
 

@@ -209,6 +209,7 @@ class PlatformState:
             "max_in_flight": self.max_in_flight,
             "max_in_flight_by_tenant": {str(k): v for k, v in self.max_in_flight_by_tenant.items()},
             "in_flight": self.in_flight,
+            "in_flight_by_tenant": {str(k): v for k, v in self.in_flight_by_tenant.items() if v},
             "now": time.monotonic(),
         }
 

@@ -138,3 +138,40 @@ def settle(sim, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while sim.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+async def delete_batch_limits() -> None:
+    """Remove the ``batch:`` global concurrency limits runs created (they outlive a test and
+    would override the next test's BATCH_CONCURRENCY, which is only their default)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for limit in await client.read_global_concurrency_limits(limit=200):
+            if limit.name.startswith("batch:"):
+                await client.delete_global_concurrency_limit_by_name(limit.name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_batch_limits(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test that talks to the session's Prefect server starts without ``batch:`` limits."""
+    if "prefect_server" not in request.fixturenames:
+        yield
+        return
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if "prefect_api" in request.fixturenames:  # this process already talks to the server
+        request.getfixturevalue("prefect_api")
+        asyncio.run(delete_batch_limits())
+    else:
+        from prefect.settings import PREFECT_API_AUTH_STRING
+
+        server = request.getfixturevalue("prefect_server")
+        updates = {PREFECT_API_URL: server.api_url}
+        if getattr(server, "auth_string", None):  # a server behind basic authentication
+            updates[PREFECT_API_AUTH_STRING] = server.auth_string
+        with temporary_settings(updates):
+            asyncio.run(delete_batch_limits())
+    yield
+
