@@ -108,7 +108,7 @@ def test_six_tenants_on_two_workers_survive_a_sigkilled_worker(system: Deployed)
     def resumed() -> bool:
         for b in killed_batches - set(resumed_at):
             run = _run_row(system, b)
-            if run["auto_resumes"] >= 1 and run["flow_run_id"] != owner[b]:
+            if run["auto_resumes"] >= 1 and run["flow_run_id"] not in (None, owner[b]):
                 resume_started.setdefault(b, time.monotonic() - killed)
             if run["auto_resumes"] >= 1 and system.batch(b)["task_status"] in ("running", "completed"):
                 resumed_at[b] = time.monotonic() - killed
