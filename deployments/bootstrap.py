@@ -53,6 +53,8 @@ HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
 # replaced within the 3-minute resume bound. A false alarm is harmless: a live batch run that
 # is marked Crashed keeps heartbeating in the mirror, so the reaper leaves it alone.
 ZOMBIE_AFTER_S = 2 * HEARTBEAT_FREQUENCY_S
+# The stand-in waits 1.5 heartbeats: a false alarm only costs a stand-in that ends 15 s later.
+STAND_IN_AFTER_S = 45
 MAINTENANCE = "maintenance/maintenance"
 FIRST_RUN_AFTER_S = 20
 
@@ -153,7 +155,7 @@ def zombie_automation(after_s: int = ZOMBIE_AFTER_S) -> Any:
     )
 
 
-def stand_in_automation(maintenance_id: Any, after_s: int = ZOMBIE_AFTER_S) -> Any:
+def stand_in_automation(maintenance_id: Any, after_s: int = STAND_IN_AFTER_S) -> Any:
     """A maintenance run that stopped heartbeating -> a stand-in maintenance run, directly.
 
     The deployment trigger of prefect.yaml (a maintenance run became Crashed) does not fire

@@ -81,8 +81,8 @@ def test_prefect_yaml_is_deployed(system: Deployed) -> None:
             ]
             assert not deployment.job_variables  # nothing secret stored with the deployment
             if spec.triggers:  # prefect deploy created the deployment's automations
-                owned = [a for a in client.read_automations() if a.actions and
-                         getattr(a.actions[0], "deployment_id", None) == deployment.id]
+                owned = [a for a in client.read_automations()
+                         if a.owner_resource == f"prefect.deployment.{deployment.id}"]
                 assert sorted(a.name for a in owned) == sorted(t["name"] for t in spec.triggers)
         for name in ("crash zombie flow runs", "replace a lost maintenance run"):  # by the bootstrap
             assert len(client.read_automations_by_name(name)) == 1, name
@@ -292,8 +292,8 @@ def test_local_serve_runs_every_deployment(system: Deployed) -> None:
             maintenance = client.read_deployment_by_name("maintenance/maintenance")
             assert [s.schedule.interval.total_seconds() for s in maintenance.schedules] == [900]
             assert maintenance.parameters == {"run_for_s": 960, "poll_s": 2, "reap_every_s": 15}
-            triggers = [a for a in client.read_automations() if a.actions and
-                        getattr(a.actions[0], "deployment_id", None) == maintenance.id]
+            triggers = [a for a in client.read_automations()
+                        if a.owner_resource == f"prefect.deployment.{maintenance.id}"]
             assert [a.name for a in triggers] == ["maintenance-after-a-crash"]  # serve creates them too
         run = subprocess.run(["prefect", "deployment", "run", "account-check/account-check", "-p", "tenant_id=11"],
                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
