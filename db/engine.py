@@ -1,4 +1,4 @@
-"""Engines for MariaDB/MySQL and SQLite, tuned for short transactions (DESIGN.md §4)."""
+"""Engines for MariaDB/MySQL and SQLite, tuned for short transactions."""
 
 from __future__ import annotations
 

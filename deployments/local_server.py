@@ -11,7 +11,7 @@ matching ``PREFECT_API_AUTH_STRING`` (``PrefectServer(auth=False)`` for an open 
 
 Prefect's ephemeral/test-harness API stores everything in SQLite; under a few hundred task
 runs a second it serialises on "database is locked" (flow runs then start seconds late).
-The tests use the production-like backend instead: PostgreSQL, as DESIGN.md recommends.
+The tests use the production-like backend instead: PostgreSQL, as production should.
 """
 
 from __future__ import annotations
