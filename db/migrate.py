@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import make_url
 from sqlalchemy.pool import NullPool
 
 from batchlib.errors import AccountTableMismatch
@@ -63,8 +64,14 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 
 def check_accounts_table(url: str | None = None) -> None:
     """Raise ``AccountTableMismatch`` (one line) when the accounts table is not what the
-    ``BATCH_ACCOUNT_*`` settings describe; reads only."""
-    engine = make_engine(resolve_url(url), poolclass=NullPool)
+    ``BATCH_ACCOUNT_*`` settings describe; reads only (a SQLite file that does not exist yet
+    is not created: it has no table to adopt)."""
+    url = resolve_url(url)
+    database = make_url(url).database
+    if make_url(url).get_backend_name() == "sqlite" and (not database or not Path(database).exists()):
+        _check_accounts_table(None)
+        return
+    engine = make_engine(url, poolclass=NullPool)
     try:
         _check_accounts_table(engine)
     finally:
@@ -72,8 +79,9 @@ def check_accounts_table(url: str | None = None) -> None:
 
 
 def _check_accounts_table(engine) -> None:
+    """``engine`` None: a database with no tables yet."""
     accounts = accounts_table()
-    if table_exists(engine, accounts.spec.table):
+    if engine is not None and table_exists(engine, accounts.spec.table):
         verify(engine, accounts)
     elif not accounts.spec.is_default:
         raise AccountTableMismatch(
