@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api"]
+__all__ = ["base_parser", "id_list", "run_cli", "run_items_cli", "print_failures", "quiet_prefect", "drain_ephemeral_api"]
 
 
 def quiet_prefect() -> None:
@@ -49,6 +49,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="with --resume: take over a batch still marked running whose run is gone (its lease expired); "
         "the old owner is fenced out",
     )
+    parser.add_argument(
+        "--retry-failed", type=int, metavar="BATCH_ID",
+        help="start a new batch of the failed items of this finished batch (each keeps its previous error)",
+    )
     return parser
 
 
@@ -64,9 +68,38 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
     message = state.message or state.type.value
     if state.is_completed():
         print(message)
+        print_failures(message, getattr(flow_fn, "name", ""))
         return 0
     print(f"error: {message}" if message.startswith("rejected:") else message, file=sys.stderr)
+    print_failures(message, getattr(flow_fn, "name", ""))
     return 2 if message.startswith("rejected:") else 1
+
+
+def print_failures(summary: str, flow_name: str, limit: int = 5) -> None:
+    """Under a batch's summary line: why its first items failed (from the detail rows), and the retry command."""
+    import re
+
+    match = re.match(r"batch (\d+) \(", summary)
+    if match is None:
+        return
+    from batchlib.settings import get_settings
+    from db import get_engine, run_transaction
+    from db.failures import failed_details
+
+    batch_id = int(match[1])
+    try:
+        engine = get_engine(get_settings().database_url.get_secret_value())
+        count, first = run_transaction(engine, lambda s: failed_details(s, batch_id, limit))
+    except Exception as exc:  # the summary is printed already; the details are a bonus
+        print(f"(could not read the failed items: {type(exc).__name__})")
+        return
+    if not count:
+        return
+    print(f"{count} item(s) failed" + (f"; the first {len(first)}:" if count > len(first) else ":"))
+    for item_id, _, error in first:
+        print(f"  item {item_id}: {error}")
+    module = flow_name.replace("-", "_") or "<type>"
+    print(f"retry only those: python -m flows.{module} --retry-failed {batch_id}")
 
 
 def _items_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any] | None:
@@ -98,9 +131,12 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
     source.add_argument("--items", help='the items as JSON, e.g. \'[{"account_id": 1, ...}]\'')
     source.add_argument("--items-file", metavar="PATH", help="a JSON file holding the items list")
     args = parser.parse_args(argv)
-    if args.resume is None and (args.tenant_id is None or (args.items is None and args.items_file is None)):
-        parser.error("give --tenant-id with --items or --items-file, or --resume BATCH_ID")
+    if args.resume is None and args.retry_failed is None and (
+        args.tenant_id is None or (args.items is None and args.items_file is None)
+    ):
+        parser.error("give --tenant-id with --items or --items-file, --resume BATCH_ID or --retry-failed BATCH_ID")
     return run_cli(flow_fn, {
         "tenant_id": args.tenant_id, "items": _items_from_args(parser, args), "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume, "takeover": args.takeover,
+        "retry_failed_of": args.retry_failed,
     })

@@ -33,7 +33,7 @@ from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, de
 from tasks.items import process_chunk, process_item
 
 __all__ = [
-    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name",
+    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name", "retry_request",
 ]
 
 PAGE = 5000
@@ -92,8 +92,9 @@ def items_flow(name: str, task_type: str, item_doc: str):
         create_admin_id: int = 0,
         batch_id: int | None = None,
         takeover: bool = False,
+        retry_failed_of: int | None = None,
     ):
-        task_data = {"items": items} if items is not None else None
+        task_data = retry_request(retry_failed_of) or ({"items": items} if items is not None else None)
         return await run_batch_flow(
             task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
             create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
@@ -104,9 +105,15 @@ def items_flow(name: str, task_type: str, item_doc: str):
         f"``items``: {item_doc}, one per account of the tenant.\n\n"
         "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
         "failed/cancelled one: only items still pending are processed. ``takeover`` also claims a\n"
-        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out."
+        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out.\n"
+        "``retry_failed_of`` starts a new batch of the failed items of that finished batch."
     )
     return batch_flow(name)(run)
+
+
+def retry_request(retry_failed_of: int | None) -> dict[str, Any] | None:
+    """The task_data of a retry of the failed items of batch ``retry_failed_of`` (None: not a retry)."""
+    return None if retry_failed_of is None else {"retry_failed_of": retry_failed_of}
 
 
 def batch_run_name(flow_name: str):
@@ -163,13 +170,18 @@ async def run_batch(
         if tenant_id is not None and tenant_id != row.tenant_id:
             raise BatchError(f"batch {batch_id} belongs to tenant {row.tenant_id}, not tenant {tenant_id}")
         tenant_id, task_data = row.tenant_id, row.task_data
+    retry_of = _retry_source(task_data)
+    if tenant_id is None and retry_of is not None:  # a retry runs for the tenant of the batch it retries
+        tenant_id = _accepted(describe_batch(retry_of, task_type)).tenant_id
     if tenant_id is None:
         raise BatchError("give a tenant id (or the id of a batch to resume)")
 
     lease = lease_for(settings, tenant_id, task_type)
     with lease:
         collected, collect_error = None, None
-        if batch_type.collect is not None and not (batch_id is not None and _counts_of(batch_id)["total"]):
+        if batch_type.collect is not None and retry_of is None and not (
+            batch_id is not None and _counts_of(batch_id)["total"]
+        ):
             try:
                 collected = await batch_type.collect(settings, tenant_id, task_data or {})
             except PlatformError as exc:  # the outside service failed: a failed batch, resumable
@@ -455,6 +467,16 @@ async def _is_cancelling(flow_run_id: str) -> bool:
     except Exception:  # the API being slow must not stop the batch
         return False
     return bool(run.state and (run.state.is_cancelling() or run.state.is_cancelled()))
+
+
+def _retry_source(task_data: dict[str, Any] | None) -> int | None:
+    """The batch whose failed items this request retries; a malformed link is refused later, by open_batch."""
+    from db.failures import retry_source
+
+    try:
+        return retry_source(task_data)
+    except BatchError:
+        return None
 
 
 def _accepted(result: T | Refusal) -> T:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from batchlib.batch_types import get_batch_type
 from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch, UnknownBatchType
 from batchlib.settings import get_settings
+from db.failures import retry_items, retry_source
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -146,13 +147,15 @@ def open_batch(
     items = None
     if not resuming:
         try:
-            items = _tx(lambda s: batch_type.parse(s, tenant_id, task_data or {}, settings))
+            items = _tx(lambda s: _items_to_open(s, batch_type, tenant_id, task_data, settings))
         except InvalidInput as exc:
             if batch_id is not None:
                 _fail_row(batch_id, owner, flow_run_id, f"invalid task_data: {exc}")
             raise
         if collected is not None:
             items = collected
+        if batch_id is None and retry_source(task_data) is not None:  # the link: {"retry_failed_of": 42, "items_count": N}
+            task_data = {**(task_data or {}), "items_count": len(items)}
         if not items and batch_type.collect is None:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
 
@@ -184,6 +187,16 @@ def open_batch(
         # Nothing left to do (a resume of a batch whose items all finished): close it now.
         _finish(claimed.batch_id, claimed.fence, "completed")
     return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
+
+
+def _items_to_open(session, batch_type, tenant_id: int, task_data: dict[str, Any] | None, settings):
+    """The type's ``parse`` of the request, or, for ``{"retry_failed_of": 42}``, batch 42's failed items."""
+    source = retry_source(task_data)
+    if source is None:
+        return batch_type.parse(session, tenant_id, task_data or {}, settings)
+    if batch_type.collect is not None:
+        raise InvalidInput(f"cannot retry batch {source}: a {batch_type.name} batch lists its items again; start a new one")
+    return retry_items(session, source, tenant_id, batch_type.name)
 
 
 def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -> None:
