@@ -88,6 +88,7 @@ class BatchRun(Base):
     heartbeat_time: Mapped[Optional[int]] = mapped_column(Integer)
     create_time: Mapped[int] = mapped_column(Integer)
     update_time: Mapped[int] = mapped_column(Integer)
+    notified_status: Mapped[Optional[str]] = mapped_column(String(64))  # "<status>@<end_time>" last notified
 
 
 class Account(Base):

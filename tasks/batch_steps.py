@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchlib.batch_types import get_batch_type
 from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch, UnknownBatchType
+from batchlib.notify import batch_ended
 from batchlib.settings import get_settings
 from db.failures import retry_items, retry_source
 
@@ -216,7 +217,9 @@ def close_batch(batch_id: int, fence: int, status: str, error_message: str | Non
 
 
 def _finish(batch_id: int, fence: int, status: str, error_message: str | None = None):
-    return _tx(lambda session: finish_with_summary(session, batch_id, fence, status, error_message))
+    counts = _tx(lambda session: finish_with_summary(session, batch_id, fence, status, error_message))
+    batch_ended(batch_id)  # email / webhook, in the background, once per ending
+    return counts
 
 
 def finish_with_summary(session, batch_id: int, fence: int, status: str, error_message: str | None):

@@ -24,7 +24,7 @@ def run(coro):
 
 def failing_batch(env: BatchEnv, failing: int = 4) -> tuple[int, list[int]]:
     """A finished account_check batch of tenant 7 whose first ``failing`` accounts failed (HTTP 500)."""
-    ids = env.seed({7: 30})
+    env.seed({7: 30})
     uids = [a["uid"] for a in env.sim.accounts(7)][:failing]
     env.sim.configure(fail_uids=uids)
     state = run(account_check(tenant_id=7, return_state=True))
