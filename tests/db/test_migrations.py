@@ -15,7 +15,7 @@ from db.migrate import current, upgrade
 from db.models import BatchTask, BatchTaskDetail, columns_of
 from tests.db.helpers import new_batch
 
-HEAD = "0005"
+HEAD = "0010"
 TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log"}
 
 
@@ -32,6 +32,7 @@ def test_upgrade_empty_database(any_db_url: str) -> None:
         extra = ["active_key"] if engine.dialect.name == "mysql" else []
         assert task_cols == columns_of(BatchTask) + extra
         assert [c["name"] for c in insp.get_columns("la_batch_task_detail")] == columns_of(BatchTaskDetail)
+        assert "notified_status" in [c["name"] for c in insp.get_columns("la_batch_run")]
         detail_indexes = {i["name"]: i for i in insp.get_indexes("la_batch_task_detail")}
         assert detail_indexes["uq_detail_task_item"]["unique"]
         assert detail_indexes["idx_detail_task_status"]["column_names"] == ["task_id", "status"]

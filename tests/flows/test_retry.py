@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -20,6 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` with this test's BATCH_* settings, against its Prefect API."""
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def failing_batch(env: BatchEnv, failing: int = 4) -> tuple[int, list[int]]:
@@ -106,11 +114,7 @@ def test_retry_refusals_write_nothing(batch_env: BatchEnv) -> None:
 def test_cli_shows_why_items_failed_and_retries_them(batch_env: BatchEnv) -> None:
     batch_env.seed({7: 6})
     batch_env.sim.configure(fail_uids=[batch_env.sim.accounts(7)[0]["uid"]])
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.account_check", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+    cli = functools.partial(run_module, "flows.account_check")
 
     first = cli("--tenant-id", "7")
     assert first.returncode == 0, first.stderr
