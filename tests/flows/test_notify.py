@@ -165,3 +165,27 @@ def test_a_down_server_never_fails_the_batch_and_leaks_nothing(
         f"batch {batch_id}: webhook #1 ({failing_receiver.url}) failed after 3 attempt(s): HTTP 503",
     ]
     assert password not in caplog.text and token not in caplog.text
+
+
+def test_the_reaper_and_the_hooks_notify_their_endings_once(batch_env: BatchEnv, configure, receiver) -> None:
+    import uuid
+
+    from flows.reaper import reaper
+    from tasks.hooks import close_owned_batches
+    from tests.flows.test_maintenance import _running_batch
+
+    configure(notify_webhooks=json.dumps({"*": [receiver.url]}))
+    gone = _running_batch(batch_env, 1, str(uuid.uuid4()), silent_s=30)  # its flow run does not exist
+    silent = _running_batch(batch_env, 2, str(uuid.uuid4()), silent_s=500)  # no heartbeat for long
+    hooked_run = str(uuid.uuid4())
+    hooked = _running_batch(batch_env, 3, hooked_run, silent_s=0)
+
+    assert reaper() == {"gone": [gone], "stale": [silent]}
+    assert close_owned_batches(hooked_run, "cancelled", None) == [hooked]
+    assert reaper() == {"gone": [], "stale": []}
+    notify.batch_ended(gone)
+    assert notify.wait_idle(30)
+
+    assert sorted((b["batch_id"], b["outcome"]) for b in receiver.bodies) == [
+        (gone, "failed"), (silent, "failed"), (hooked, "cancelled"),
+    ]
