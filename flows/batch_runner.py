@@ -12,6 +12,7 @@ the mirror still gets one detail row per item.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,18 +23,30 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
+from batchlib.errors import (
+    BatchCancelled,
+    BatchError,
+    DatabaseUnavailable,
+    InvalidItems,
+    LockLost,
+    PlatformError,
+    StaleFence,
+    UnknownBatch,
+)
 from batchlib.item_context import ItemContext
+from batchlib.limiter import ResizableLimiter
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
 from batchlib.settings import Settings, get_settings
+from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
+from tasks.limits import LimitFollower
 
 __all__ = [
-    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name", "retry_request",
+    "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name", "retry_request",
 ]
 
 PAGE = 5000
@@ -82,33 +95,17 @@ def batch_flow(name: str):
     )
 
 
-def items_flow(name: str, task_type: str, item_doc: str):
-    """The flow of a type whose input is a list of items (``task_data = {"items": [...]}``)."""
+async def run_items_flow(
+    task_type: str, *, items: list[dict[str, Any]] | None, retry_failed_of: int | None = None, **request: Any,
+) -> State:
+    """Flow body of a type whose input is a list of items (``task_data = {"items": [...]}``).
 
-    async def run(
-        tenant_id: int | None = None,
-        items: list[dict[str, Any]] | None = None,
-        task_name: str | None = None,
-        create_admin_id: int = 0,
-        batch_id: int | None = None,
-        takeover: bool = False,
-        retry_failed_of: int | None = None,
-    ):
-        task_data = retry_request(retry_failed_of) or ({"items": items} if items is not None else None)
-        return await run_batch_flow(
-            task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
-            create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
-        )
-
-    run.__name__ = run.__qualname__ = task_type
-    run.__doc__ = (
-        f"``items``: {item_doc}, one per account of the tenant.\n\n"
-        "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
-        "failed/cancelled one: only items still pending are processed. ``takeover`` also claims a\n"
-        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out.\n"
-        "``retry_failed_of`` starts a new batch of the failed items of that finished batch."
-    )
-    return batch_flow(name)(run)
+    Each such type defines its own ``@batch_flow`` function at module level (so a deployment's
+    entrypoint names that module) and calls this with its parameters; ``retry_failed_of``
+    makes the batch a retry of the failed items of that finished batch.
+    """
+    task_data = retry_request(retry_failed_of) or ({"items": items} if items is not None else None)
+    return await run_batch_flow(task_type, task_data=task_data, **request)
 
 
 def retry_request(retry_failed_of: int | None) -> dict[str, Any] | None:
@@ -134,6 +131,10 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
     """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
     try:
         summary = await run_batch(task_type, **request)
+    except BatchCancelled as exc:
+        # The admin panel cancelled or deleted the row after the dispatcher started this run.
+        get_run_logger().warning("not started: %s", exc)
+        return Cancelled(message=f"rejected: {exc}")
     except (StaleFence, LockLost, DatabaseUnavailable) as exc:
         # Another run owns the batch now (everything we would still write is fenced out), or
         # the database stayed down past the outage budget (the reaper and a resume finish it).
@@ -160,11 +161,18 @@ async def run_batch(
     create_admin_id: int = 0,
     batch_id: int | None = None,
     takeover: bool = False,
+    items_file: str | None = None,
 ) -> BatchSummary:
     started = time.monotonic()
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     flow_run_id = _flow_run_id()
+    source = None
+    if items_file is not None:
+        if batch_id is not None or task_data is not None:
+            raise InvalidItems("give the items inline, in a file, or as a batch id: one of them")
+        task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, items_file)}
+        source = f"file:{os.path.basename(items_file)}"
     if batch_id is not None:
         row = _accepted(describe_batch(batch_id, task_type))
         if tenant_id is not None and tenant_id != row.tenant_id:
@@ -172,7 +180,7 @@ async def run_batch(
         tenant_id, task_data = row.tenant_id, row.task_data
     retry_of = _retry_source(task_data)
     if tenant_id is None and retry_of is not None:  # a retry runs for the tenant of the batch it retries
-        tenant_id = _accepted(describe_batch(retry_of, task_type)).tenant_id
+        tenant_id = _tenant_of(retry_of)
     if tenant_id is None:
         raise BatchError("give a tenant id (or the id of a batch to resume)")
 
@@ -190,7 +198,7 @@ async def run_batch(
             task_type, tenant_id, task_data,
             task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
-            collected=collected, collect_error=collect_error,
+            collected=collected, collect_error=collect_error, source=source,
         ))
         if opened.error is not None:
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "failed", opened.error, "none", None
@@ -202,6 +210,7 @@ async def run_batch(
                 settings, opened.batch_id, "closing the batch",
                 lambda: close_batch(opened.batch_id, opened.fence, status, reason),
             )
+            status = counts.pop("status", status)  # the admin panel's cancel has the last word
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
         counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
@@ -237,12 +246,16 @@ async def _process(
         state = await asyncio.to_thread(run_transaction, engine, lambda s: batch_type.prepare(s, bare))
     async with _clients(batch_type, settings, token_store, tenant_id) as (platform, kubo):
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
-        limit = settings.concurrency_for(tenant_id, batch_type.name)
-        runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
+        limits = LimitFollower(tenant_id, batch_type.name, settings, get_run_logger())
+        limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
+        runtime = BatchRuntime(batch_type, ctx, mirror, limits.limiter)
         # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
         # woken from a pause made ~100 needless platform calls in tests/faults).
         mirror.on_stale = lambda: runtime.stop("taken over by another run")
+        # The admin panel's cancel (or soft delete): stop starting items as soon as a flush reads it.
+        mirror.on_cancel = lambda: runtime.stop("cancelled")
         register_runtime(runtime)
+        await mirror.check()  # a cancel that came between the claim and now: start nothing
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
         get_run_logger().info(
@@ -250,12 +263,13 @@ async def _process(
             opened.batch_id, opened.pending, opened.total, mode, limit,
         )
         try:
-            await _feed(runtime, settings, token_store, chunked, limit)
+            await _feed(runtime, settings, token_store, chunked)
         finally:
             watcher.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
+            await limits.close()
     if mirror.stale:
         raise StaleFence(opened.batch_id, opened.fence)
     if lease.lost:
@@ -302,16 +316,15 @@ class _clients:
             await client.__aexit__(None, None, None)
 
 
-async def _feed(
-    runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool, limit: int
-) -> None:
+async def _feed(runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool) -> None:
     """Page through pending items and hand them to task runs, never more than the limit at once."""
     from db import pending_items, run_transaction
 
     ctx = runtime.ctx
     in_flight: set[asyncio.Task] = set()
-    # Enough chunks in flight to keep every slot of the limit busy, and no more.
-    chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
+    # Enough chunks in flight to keep every slot of the limit busy, and no more (the limit may
+    # change while the batch runs: the chunk slots follow it).
+    chunk_slots = ResizableLimiter(1)
     after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
     try:
         while not runtime.stopped:
@@ -343,6 +356,7 @@ async def _feed(
             if chunked:
                 for start in range(0, len(page), settings.chunk_size):
                     part = page[start : start + settings.chunk_size]
+                    chunk_slots.resize(-(-runtime.limit.size // settings.chunk_size) + 1)
                     await chunk_slots.acquire()
                     if runtime.stopped:
                         chunk_slots.release()
@@ -392,7 +406,7 @@ async def _patiently(
             await asyncio.sleep(min(1.0, settings.db_outage_budget_s / 4))
 
 
-def _spawn(in_flight: set[asyncio.Task], coro, slot: asyncio.Semaphore) -> None:
+def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
     job = asyncio.create_task(coro)
     in_flight.add(job)
 
@@ -488,6 +502,17 @@ def _accepted(result: T | Refusal) -> T:
 def _flow_run_id() -> str | None:
     ctx = FlowRunContext.get()
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _tenant_of(batch_id: int) -> int:
+    """The tenant of a batch a retry names (read only: the old batch is never written here)."""
+    from db import get_batch, get_engine, run_transaction
+
+    engine = get_engine(get_settings().database_url.get_secret_value())
+    row = run_transaction(engine, lambda s: get_batch(s, batch_id))
+    if row is None or row.delete_time is not None:
+        raise UnknownBatch(batch_id)
+    return int(row.tenant_id)
 
 
 def _counts_of(batch_id: int) -> dict[str, int]:

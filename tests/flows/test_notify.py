@@ -180,9 +180,9 @@ def test_the_reaper_and_the_hooks_notify_their_endings_once(batch_env: BatchEnv,
     hooked_run = str(uuid.uuid4())
     hooked = _running_batch(batch_env, 3, hooked_run, silent_s=0)
 
-    assert reaper() == {"gone": [gone], "stale": [silent]}
+    assert reaper(auto_resume_max=0) == {"gone": [gone], "stale": [silent], "resumed": []}
     assert close_owned_batches(hooked_run, "cancelled", None) == [hooked]
-    assert reaper() == {"gone": [], "stale": []}
+    assert reaper(auto_resume_max=0) == {"gone": [], "stale": [], "resumed": []}
     notify.batch_ended(gone)
     assert notify.wait_idle(30)
 
