@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     add_friend_daily_cap: int = Field(20, ge=0)  # friend requests one account may send per day
     add_friend_day_timezone: str = "UTC"  # the time zone whose calendar day the cap counts
 
+    # Notifications when a batch ends. Keys: "tenant:type", "tenant", "type" or "*"; the most
+    # specific key present wins, e.g. {"7": ["ops@example.com"], "7:add_friend": [...], "*": [...]}
+    notify_email: dict[str, list[str]] = Field(default_factory=dict)
+    notify_webhooks: dict[str, list[SecretStr]] = Field(default_factory=dict)  # URLs may carry a token
+    smtp_url: SecretStr | None = None  # smtp://user:password@host:587?starttls=true, smtps://host:465
+    notify_from: str = "batch-operations@localhost"
+    notify_attempts: int = Field(4, ge=1)  # per channel, with backoff between attempts
+    notify_timeout_s: float = Field(10.0, gt=0)  # one attempt (connect + send)
+    notify_deadline_s: float = Field(60.0, gt=0)  # all attempts of one ending; also the most a process waits at exit
+    notify_backoff_base_s: float = Field(1.0, ge=0)
+    notify_backoff_max_s: float = Field(10.0, ge=0)
+
     def kubo_url_for(self, tenant_id: int | None) -> str:
         """The tenant's IPFS node: its entry in ``kubo_nodes``, else ``kubo_url``."""
         return self.kubo_nodes.get(tenant_id, self.kubo_url)  # type: ignore[arg-type]  # None: the default

@@ -49,6 +49,9 @@ MAX_INT_DIGITS = 19
 # Keys a task_data may hold besides its type's inputs: the summary of items staged as detail
 # rows (``items_count`` must then match them) and where they came from.
 SUMMARY_KEYS: dict[str, type] = {"items_count": int, "source": str}
+# A retry of the failed items of another batch (``{"retry_failed_of": 42}``), for every type
+# whose items are its detail rows (not a type that collects them itself, such as pin_sync).
+RETRY_KEYS: dict[str, type] = {"retry_failed_of": int}
 
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
 _INNERMOST = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
@@ -175,13 +178,17 @@ def _json_type(value: Any) -> str:
 
 def check_task_data(data: Any, batch_type: BatchType) -> dict[str, Any] | None:
     """``data`` as a task_data of ``batch_type``: None (no input) or an object whose keys are the
-    type's ``inputs`` (or ``SUMMARY_KEYS`` when it can stage items), each of the declared JSON
-    type or null."""
+    type's ``inputs`` (or ``SUMMARY_KEYS`` when it can stage items, ``RETRY_KEYS`` when its items
+    are detail rows), each of the declared JSON type or null."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise InvalidItems(f"task_data must be a JSON object, got {_json_type(data)}")
-    allowed = {**batch_type.inputs, **(SUMMARY_KEYS if batch_type.staged_as else {})}
+    allowed = {
+        **batch_type.inputs,
+        **(SUMMARY_KEYS if batch_type.staged_as else {}),
+        **(RETRY_KEYS if batch_type.collect is None else {}),
+    }
     unknown = sorted(k for k in data if k not in allowed)
     if unknown:
         shown = ", ".join(repr(k[:40]) for k in unknown[:5])

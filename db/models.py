@@ -89,6 +89,7 @@ class BatchRun(Base):
     create_time: Mapped[int] = mapped_column(Integer)
     update_time: Mapped[int] = mapped_column(Integer)
     auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # automatic resumes (migration 0006)
+    notified_status: Mapped[Optional[str]] = mapped_column(String(64))  # "<status>@<end_time>" last notified
 
 
 class Account(Base):

@@ -2,6 +2,7 @@
 
     python -m flows.account_check --tenant-id 7 [--account-ids 1,2,3] [--resume 42]
     python -m flows.account_check --tenant-id 7 --account-ids-file ids.csv   # any number of ids
+    python -m flows.account_check --retry-failed 42     # a new batch of 42's failed items
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from flows.batch_cli import base_parser, file_path, id_list, run_cli
-from flows.batch_runner import batch_flow, run_batch_flow
+from flows.batch_runner import batch_flow, retry_request, run_batch_flow
 
 TASK_TYPE = "account_check"
 
@@ -23,6 +24,7 @@ async def account_check(
     batch_id: int | None = None,
     takeover: bool = False,
     account_ids_file: str | None = None,
+    retry_failed_of: int | None = None,
 ):
     """Check accounts of one tenant (all active ones unless ``account_ids`` is given).
 
@@ -33,9 +35,9 @@ async def account_check(
     ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
     failed/cancelled one: only items still pending are processed. ``takeover`` also claims
     a batch still marked running whose run is gone (its lease expired): the old owner is
-    fenced out.
+    fenced out. ``retry_failed_of`` starts a new batch of the failed items of that finished batch.
     """
-    task_data = {"account_ids": account_ids} if account_ids is not None else None
+    task_data = retry_request(retry_failed_of) or ({"account_ids": account_ids} if account_ids is not None else None)
     return await run_batch_flow(
         TASK_TYPE, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
         create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover, items_file=account_ids_file,
@@ -48,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ids.add_argument("--account-ids", type=id_list, help="comma-separated account ids (default: all)")
     ids.add_argument("--account-ids-file", metavar="PATH", help="a JSON list of ids, or one id per line")
     args = parser.parse_args(argv)
-    if args.tenant_id is None and args.resume is None:
-        parser.error("give --tenant-id, or --resume BATCH_ID")
+    if args.tenant_id is None and args.resume is None and args.retry_failed is None:
+        parser.error("give --tenant-id, --resume BATCH_ID or --retry-failed BATCH_ID")
     parameters = {
         "tenant_id": args.tenant_id, "account_ids": args.account_ids, "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume,
-        "takeover": args.takeover,
+        "takeover": args.takeover, "retry_failed_of": args.retry_failed,
     }
     if args.account_ids_file is not None:
         parameters["account_ids_file"] = file_path(parser, args.account_ids_file)

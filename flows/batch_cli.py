@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "OneLineParser", "base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api",
-    "refuse", "file_path",
+    "refuse", "file_path", "print_failures",
 ]
 
 # Prefect refuses flow-run parameters over 512 KiB; leave room for the other parameters.
@@ -74,6 +74,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="with --resume: take over a batch still marked running whose run is gone (its lease expired); "
         "the old owner is fenced out",
     )
+    parser.add_argument(
+        "--retry-failed", type=int, metavar="BATCH_ID",
+        help="start a new batch of the failed items of this finished batch (each keeps its previous error)",
+    )
     return parser
 
 
@@ -110,6 +114,8 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
 
     if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
         return None  # a resume, or a request the run refuses in one line anyway
+    if parameters.get("retry_failed_of") is not None:
+        return None  # a retry: its items are the old batch's failed ones, checked by the run
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     task_data = {k: parameters[k] for k in batch_type.inputs if parameters.get(k) is not None} or None
@@ -152,11 +158,40 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: 
     message = " ".join((state.message or state.type.value).split())
     if state.is_completed():
         print(message)
+        print_failures(message, getattr(flow_fn, "name", ""))
         return 0
     if message.startswith(("rejected:", "Validation of flow parameters failed")):
         return refuse(message)
     print(message, file=sys.stderr)
+    print_failures(message, getattr(flow_fn, "name", ""))
     return 1
+
+
+def print_failures(summary: str, flow_name: str, limit: int = 5) -> None:
+    """Under a batch's summary line: why its first items failed (from the detail rows), and the retry command."""
+    import re
+
+    match = re.match(r"batch (\d+) \(", summary)
+    if match is None:
+        return
+    from batchlib.settings import get_settings
+    from db import get_engine, run_transaction
+    from db.failures import failed_details
+
+    batch_id = int(match[1])
+    try:
+        engine = get_engine(get_settings().database_url.get_secret_value())
+        count, first = run_transaction(engine, lambda s: failed_details(s, batch_id, limit))
+    except Exception as exc:  # the summary is printed already; the details are a bonus
+        print(f"(could not read the failed items: {type(exc).__name__})")
+        return
+    if not count:
+        return
+    print(f"{count} item(s) failed" + (f"; the first {len(first)}:" if count > len(first) else ":"))
+    for item_id, _, error in first:
+        print(f"  item {item_id}: {error}")
+    module = flow_name.replace("-", "_") or "<type>"
+    print(f"retry only those: python -m flows.{module} --retry-failed {batch_id}")
 
 
 def file_path(parser: argparse.ArgumentParser, path: str | None) -> str | None:
@@ -197,11 +232,14 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
     source.add_argument("--items-file", metavar="PATH",
                         help="a JSON list of item objects, or a CSV file with a header line (any number of items)")
     args = parser.parse_args(argv)
-    if args.resume is None and (args.tenant_id is None or (args.items is None and args.items_file is None)):
-        parser.error("give --tenant-id with --items or --items-file, or --resume BATCH_ID")
+    if args.resume is None and args.retry_failed is None and (
+        args.tenant_id is None or (args.items is None and args.items_file is None)
+    ):
+        parser.error("give --tenant-id with --items or --items-file, --resume BATCH_ID or --retry-failed BATCH_ID")
     parameters = {
         "tenant_id": args.tenant_id, "items": _inline_items(parser, args.items), "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume, "takeover": args.takeover,
+        "retry_failed_of": args.retry_failed,
     }
     if args.items_file is not None:
         parameters["items_file"] = file_path(parser, args.items_file)

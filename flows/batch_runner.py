@@ -31,6 +31,7 @@ from batchlib.errors import (
     LockLost,
     PlatformError,
     StaleFence,
+    UnknownBatch,
 )
 from batchlib.item_context import ItemContext
 from batchlib.limiter import ResizableLimiter
@@ -45,7 +46,7 @@ from tasks.items import process_chunk, process_item
 from tasks.limits import LimitFollower
 
 __all__ = [
-    "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name",
+    "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name", "retry_request",
 ]
 
 PAGE = 5000
@@ -94,14 +95,22 @@ def batch_flow(name: str):
     )
 
 
-async def run_items_flow(task_type: str, *, items: list[dict[str, Any]] | None, **request: Any) -> State:
+async def run_items_flow(
+    task_type: str, *, items: list[dict[str, Any]] | None, retry_failed_of: int | None = None, **request: Any,
+) -> State:
     """Flow body of a type whose input is a list of items (``task_data = {"items": [...]}``).
 
     Each such type defines its own ``@batch_flow`` function at module level (so a deployment's
-    entrypoint names that module) and calls this with its parameters.
+    entrypoint names that module) and calls this with its parameters; ``retry_failed_of``
+    makes the batch a retry of the failed items of that finished batch.
     """
-    task_data = {"items": items} if items is not None else None
+    task_data = retry_request(retry_failed_of) or ({"items": items} if items is not None else None)
     return await run_batch_flow(task_type, task_data=task_data, **request)
+
+
+def retry_request(retry_failed_of: int | None) -> dict[str, Any] | None:
+    """The task_data of a retry of the failed items of batch ``retry_failed_of`` (None: not a retry)."""
+    return None if retry_failed_of is None else {"retry_failed_of": retry_failed_of}
 
 
 def batch_run_name(flow_name: str):
@@ -169,13 +178,18 @@ async def run_batch(
         if tenant_id is not None and tenant_id != row.tenant_id:
             raise BatchError(f"batch {batch_id} belongs to tenant {row.tenant_id}, not tenant {tenant_id}")
         tenant_id, task_data = row.tenant_id, row.task_data
+    retry_of = _retry_source(task_data)
+    if tenant_id is None and retry_of is not None:  # a retry runs for the tenant of the batch it retries
+        tenant_id = _tenant_of(retry_of)
     if tenant_id is None:
         raise BatchError("give a tenant id (or the id of a batch to resume)")
 
     lease = lease_for(settings, tenant_id, task_type)
     with lease:
         collected, collect_error = None, None
-        if batch_type.collect is not None and not (batch_id is not None and _counts_of(batch_id)["total"]):
+        if batch_type.collect is not None and retry_of is None and not (
+            batch_id is not None and _counts_of(batch_id)["total"]
+        ):
             try:
                 collected = await batch_type.collect(settings, tenant_id, task_data or {})
             except PlatformError as exc:  # the outside service failed: a failed batch, resumable
@@ -469,6 +483,16 @@ async def _is_cancelling(flow_run_id: str) -> bool:
     return bool(run.state and (run.state.is_cancelling() or run.state.is_cancelled()))
 
 
+def _retry_source(task_data: dict[str, Any] | None) -> int | None:
+    """The batch whose failed items this request retries; a malformed link is refused later, by open_batch."""
+    from db.failures import retry_source
+
+    try:
+        return retry_source(task_data)
+    except BatchError:
+        return None
+
+
 def _accepted(result: T | Refusal) -> T:
     if isinstance(result, Refusal):
         result.raise_()
@@ -478,6 +502,17 @@ def _accepted(result: T | Refusal) -> T:
 def _flow_run_id() -> str | None:
     ctx = FlowRunContext.get()
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _tenant_of(batch_id: int) -> int:
+    """The tenant of a batch a retry names (read only: the old batch is never written here)."""
+    from db import get_batch, get_engine, run_transaction
+
+    engine = get_engine(get_settings().database_url.get_secret_value())
+    row = run_transaction(engine, lambda s: get_batch(s, batch_id))
+    if row is None or row.delete_time is not None:
+        raise UnknownBatch(batch_id)
+    return int(row.tenant_id)
 
 
 def _counts_of(batch_id: int) -> dict[str, int]:

@@ -25,6 +25,7 @@ async def nickname_change(
     batch_id: int | None = None,
     takeover: bool = False,
     items_file: str | None = None,
+    retry_failed_of: int | None = None,
 ):
     """Set the nickname of accounts of one tenant.
 
@@ -37,12 +38,12 @@ async def nickname_change(
     ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
     failed/cancelled one: only items still pending are processed. ``takeover`` also claims
     a batch still marked running whose run is gone (its lease expired): the old owner is
-    fenced out.
+    fenced out. ``retry_failed_of`` starts a new batch of the failed items of that finished batch.
     """
     return await run_items_flow(
         TASK_TYPE, tenant_id=tenant_id, items=items, task_name=task_name,
         create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
-        items_file=items_file,
+        items_file=items_file, retry_failed_of=retry_failed_of,
     )
 
 

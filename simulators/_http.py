@@ -146,10 +146,10 @@ def _url(sock: socket.socket) -> str:
 
 
 class ServerThread:
-    """Serve an ASGI app on a free loopback port from a daemon thread (for tests)."""
+    """Serve an ASGI app on a loopback port (default: a free one) from a daemon thread."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1") -> None:
-        self._sock = bind_socket(host)
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._sock = bind_socket(host, port)
         self._server = make_server(app)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.url = _url(self._sock)

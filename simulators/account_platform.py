@@ -589,7 +589,9 @@ class PlatformSimulator:
     gets its own CPU (benchmarks). Knobs given here are applied at start.
     """
 
-    def __init__(self, *, subprocess: bool = False, host: str = "127.0.0.1", log_max: int = 1_000_000, **knobs: Any) -> None:
+    def __init__(
+        self, *, subprocess: bool = False, host: str = "127.0.0.1", port: int = 0, log_max: int = 1_000_000, **knobs: Any
+    ) -> None:
         self._knobs = knobs
         self._runner: ServerThread | ServerProcess
         if subprocess:
@@ -597,7 +599,7 @@ class PlatformSimulator:
             self.state: PlatformState | None = None
         else:
             self.state = PlatformState(log_max=log_max)
-            self._runner = ServerThread(AccountPlatformApp(self.state), host)
+            self._runner = ServerThread(AccountPlatformApp(self.state), host, port)
         self._admin: httpx.Client | None = None
         self.url = ""
 

@@ -23,6 +23,7 @@ from batchlib.errors import (
     UnknownBatch,
     UnknownBatchType,
 )
+from batchlib.notify import batch_ended
 from batchlib.settings import get_settings
 from batchlib.task_data import (
     decode_task_data,
@@ -32,6 +33,8 @@ from batchlib.task_data import (
     unstaged_request,
     validate_request,
 )
+from batchlib.validation import check_admin_id, check_task_name
+from db.failures import retry_items, retry_source
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -190,6 +193,11 @@ def open_batch(
     items = None
     if not resuming:
         def validate(session) -> list:
+            if retry_source(task_data) is not None:  # {"retry_failed_of": 42}: batch 42's failed items
+                if batch_id is None:
+                    check_task_name(task_name)
+                    check_admin_id(create_admin_id)
+                return _retry_items(session, batch_type, tenant_id, task_data)
             if batch_id is None:
                 return validate_request(session, batch_type, tenant_id, task_data, settings,
                                         task_name=task_name, create_admin_id=create_admin_id)
@@ -208,6 +216,8 @@ def open_batch(
         items = None if staged else parsed
         if collected is not None:
             items = collected
+        if batch_id is None and retry_source(task_data) is not None:  # the link: {"retry_failed_of": 42, "items_count": N}
+            task_data = {**task_data, "items_count": len(items)}
         if not staged and not items and batch_type.collect is None:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
     stored = task_data
@@ -244,6 +254,14 @@ def open_batch(
     return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
 
 
+def _retry_items(session, batch_type, tenant_id: int, task_data: dict[str, Any]):
+    """For ``{"retry_failed_of": 42}``: batch 42's failed items (the new batch's detail rows)."""
+    source = retry_source(task_data)
+    if batch_type.collect is not None:
+        raise InvalidInput(f"cannot retry batch {source}: a {batch_type.name} batch lists its items again; start a new one")
+    return retry_items(session, source, tenant_id, batch_type.name)
+
+
 def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -> None:
     from db import claim_batch, finish_batch
 
@@ -269,11 +287,15 @@ def close_batch(batch_id: int, fence: int, status: str, error_message: str | Non
         final = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one()
         return {**counts_dict(counts), "status": final}
 
-    return _tx(close)
+    closed = _tx(close)
+    batch_ended(batch_id)  # email / webhook, in the background, once per ending
+    return closed
 
 
 def _finish(batch_id: int, fence: int, status: str, error_message: str | None = None):
-    return _tx(lambda session: finish_with_summary(session, batch_id, fence, status, error_message))
+    counts = _tx(lambda session: finish_with_summary(session, batch_id, fence, status, error_message))
+    batch_ended(batch_id)  # email / webhook, in the background, once per ending
+    return counts
 
 
 def finish_with_summary(session, batch_id: int, fence: int, status: str, error_message: str | None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from batchlib.errors import BatchError
+from batchlib.notify import batch_ended
 
 __all__ = ["mark_cancelled", "mark_crashed", "mark_failed", "close_owned_batches"]
 
@@ -34,6 +35,7 @@ def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> li
         try:
             run_transaction(engine, lambda s: finish_with_summary(s, batch_id, fence, status, reason))
             closed.append(batch_id)
+            batch_ended(batch_id)  # email / webhook, in the background, once per ending
         except BatchError as exc:  # fenced out or already closed: not ours any more
             log.info("batch %s not closed by hook: %s", batch_id, exc)
         except Exception as exc:  # the mirror went away meanwhile: the reaper closes it later

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from batchlib.notify import batch_ended
 from batchlib.settings import get_settings
 
 __all__ = [
@@ -212,6 +213,7 @@ def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
     marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
         get_run_logger().warning("batch %s closed (its run is gone): %s", batch_id, reason)
+        batch_ended(batch_id)  # email / webhook, in the background, once per ending
     return marked
 
 
@@ -226,6 +228,7 @@ def reap_stale_batches(stale_after_s: int, reason: str) -> list[int]:
     ))
     for batch_id in reaped:
         get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
+        batch_ended(batch_id)  # email / webhook, in the background, once per ending
     return reaped
 
 

@@ -93,6 +93,17 @@ def test_readable_rows_have_no_problem(raw) -> None:
     assert task_data_problem("account_check", raw) is None
 
 
+@pytest.mark.parametrize("task_type", ["account_check", "nickname_change", "avatar_change", "add_friend"])
+def test_retry_rows_pass_for_types_whose_items_are_detail_rows(task_type: str) -> None:
+    assert task_data_problem(task_type, '{"retry_failed_of": 42}') is None  # the panel's retry row
+    assert task_data_problem(task_type, '{"retry_failed_of": 42, "items_count": 3}') is None  # as a retry stores it
+    assert "must be a integer" in task_data_problem(task_type, '{"retry_failed_of": "42"}')
+
+
+def test_pin_sync_takes_no_retry() -> None:
+    assert "unknown key(s) 'retry_failed_of'" in task_data_problem("pin_sync", '{"retry_failed_of": 42}')
+
+
 def test_every_type_declares_its_inputs() -> None:
     for name in batch_type_names():
         batch_type = get_batch_type(name)

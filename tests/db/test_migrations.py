@@ -33,6 +33,7 @@ def test_upgrade_empty_database(any_db_url: str) -> None:
         assert task_cols == columns_of(BatchTask) + extra
         assert [c["name"] for c in insp.get_columns("la_batch_task_detail")] == columns_of(BatchTaskDetail)
         assert [c["name"] for c in insp.get_columns("la_batch_run")] == columns_of(BatchRun)
+        assert "notified_status" in columns_of(BatchRun)
         detail_indexes = {i["name"]: i for i in insp.get_indexes("la_batch_task_detail")}
         assert detail_indexes["uq_detail_task_item"]["unique"]
         assert detail_indexes["idx_detail_task_status"]["column_names"] == ["task_id", "status"]

@@ -58,6 +58,7 @@ HALF_DONE = {
     "0005": ("0004", ["DROP INDEX uq_frl_task_account ON la_friend_request_log"], ("la_friend_request_log", "uq_frl_task_account")),
     "0006": ("0005", [], ("la_batch_run", None)),  # all done but the version: the column is not added twice
     "0007": ("0006", ["ALTER TABLE la_batch_task DROP INDEX uq_task_running"], ("la_batch_task", "uq_task_running")),
+    "0010": ("0007", [], ("la_batch_run", None)),  # all done but the version: the column is not added twice
 }
 
 
