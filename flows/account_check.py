@@ -9,18 +9,19 @@ import sys
 
 from flows.batch_cli import base_parser, id_list, run_cli
 from flows.batch_runner import batch_flow, run_batch_flow
+from flows.params import AccountIds, BatchId, CreateAdminId, Takeover, TaskName, TenantId
 
 TASK_TYPE = "account_check"
 
 
 @batch_flow("account-check")
 async def account_check(
-    tenant_id: int | None = None,
-    account_ids: list[int] | None = None,
-    task_name: str | None = None,
-    create_admin_id: int = 0,
-    batch_id: int | None = None,
-    takeover: bool = False,
+    tenant_id: TenantId = None,
+    account_ids: AccountIds = None,
+    task_name: TaskName = None,
+    create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None,
+    takeover: Takeover = False,
 ):
     """Check accounts of one tenant (all active ones unless ``account_ids`` is given).
 
