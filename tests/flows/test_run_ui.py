@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -44,11 +46,12 @@ def _failing(env: BatchEnv, tenant_id: int, numbers: list[int]) -> set[int]:
     return {tenant_id * 100_000 + n for n in numbers}
 
 
-def test_failed_items_are_failed_task_runs_and_artifacts_list_them(batch_env: BatchEnv) -> None:
+def test_failed_items_are_failed_task_runs_and_artifacts_list_them(batch_env: BatchEnv, caplog) -> None:
     batch_env.seed({7: 12}, seed=2)
     failing = _failing(batch_env, 7, [3, 5, 11])
 
-    state = run(account_check(tenant_id=7, return_state=True))
+    with caplog.at_level(logging.DEBUG, logger="tasks.run_ui"):
+        state = run(account_check(tenant_id=7, return_state=True))
 
     assert state.is_completed(), state.message
     (batch_id,) = [r.id for r in batch_env.sql("SELECT id FROM la_batch_task")]
@@ -70,6 +73,11 @@ def test_failed_items_are_failed_task_runs_and_artifacts_list_them(batch_env: Ba
     assert all(row["reason"] for row in table)
     summary = artifacts[f"batch-{batch_id}-summary"].data
     assert f"## Batch {batch_id}: completed" in summary and "| 12 | 12 | 9 | 3 | 0 |" in summary
+    # Artifact calls are per batch and per 2 s, not per item: open + a few refreshes + 2 at the end.
+    (cost,) = [r.getMessage() for r in caplog.records if "artifact calls" in r.getMessage()]
+    calls, ms_each = re.match(r"batch \d+: (\d+) artifact calls, ([\d.]+) ms each", cost).groups()
+    print(cost)
+    assert int(calls) <= 6 and float(ms_each) < 500
 
 
 def test_chunk_task_runs_name_their_failed_items(batch_env: BatchEnv, configure) -> None:
