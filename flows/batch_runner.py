@@ -187,7 +187,6 @@ async def run_batch(
             collected=collected, collect_error=collect_error,
         ))
         artifacts = BatchArtifacts(_engine(settings), opened.batch_id, task_type, tenant_id)
-        await artifacts.refresh()  # the batch's progress artifact, from its first moment
         if opened.error is not None:
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "failed", opened.error, "none", None
         elif opened.pending == 0:

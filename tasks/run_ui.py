@@ -157,8 +157,9 @@ class BatchArtifacts:
         self._shown = shown
 
     async def follow(self, moved: Callable[[], int]) -> None:
-        """Refresh every ``interval_s`` while ``moved()`` (rows the mirror recorded) changes; runs
-        until cancelled."""
+        """Create the progress artifact at once, then refresh it every ``interval_s`` while
+        ``moved()`` (rows the mirror recorded) changes; runs beside the items until cancelled,
+        so no artifact call delays an item."""
         last = None
         while True:
             now = moved()

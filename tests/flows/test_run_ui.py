@@ -31,9 +31,13 @@ def run(coro):
 async def _seen_by_ui(flow_run_id, batch_id: int):
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
-        task_runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        for _ in range(100):  # the server records task-run states from events, a moment later
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if all(t.state and t.state.is_final() for t in task_runs):
+                break
+            await asyncio.sleep(0.2)
         keys = [f"batch-{batch_id}-{what}" for what in ("progress", "failures", "summary")]
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(  # test databases reuse batch ids
             key=ArtifactFilterKey(any_=keys), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
