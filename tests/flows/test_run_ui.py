@@ -111,10 +111,11 @@ def test_a_cancel_by_the_panel_is_logged_as_such(batch_env: BatchEnv) -> None:
 
     assert state.is_cancelled(), state.message
 
-    async def logs():
-        from prefect.logging.handlers import APILogWorker
+    from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=10)
+    APILogWorker.drain_all(timeout=10)  # the run's logs reach the server
+
+    async def logs():
         async with get_client() as client:
             return await client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
