@@ -16,7 +16,10 @@ from typing import Annotated, Any, get_type_hints
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-__all__ = ["AccountIds", "BatchId", "CreateAdminId", "Items", "Takeover", "TaskName", "TenantId"]
+__all__ = [
+    "AccountIds", "BatchId", "CreateAdminId", "Items", "ItemsFile", "Takeover", "TaskName", "TenantId",
+    "document_parameters",
+]
 
 TenantId = Annotated[int | None, Field(
     description="Tenant whose accounts the batch works on. Needed for a new batch; "
@@ -31,6 +34,11 @@ Items = Annotated[list[dict[str, Any]] | None, Field(
     description="One object per account of the tenant, as the admin panel's task_data 'items'. "
                 "Needed for a new batch; leave empty when batch_id names an existing batch.",
     examples=[[{"account_id": 700001, "nickname": "Alice"}]],
+)]
+ItemsFile = Annotated[str | None, Field(
+    description="Instead of items: the path of a JSON or CSV file of items on the host running the flow "
+                "(a worker reads only under BATCH_ITEMS_DIR when that is set).",
+    examples=["nicknames.csv"],
 )]
 TaskName = Annotated[str | None, Field(
     description="Name shown in the admin panel's task list (la_batch_task.task_name). "
