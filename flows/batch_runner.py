@@ -250,8 +250,8 @@ async def _process(
             await _feed(runtime, settings, token_store, chunked, limit)
         finally:
             watcher.cancel()
-            shower.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
+            await artifacts.stop_following(shower)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
     if mirror.stale:

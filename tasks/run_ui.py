@@ -109,6 +109,7 @@ class BatchArtifacts:
         self._progress_id = None
         self._shown: tuple[int, ...] | None = None
         self._warned = False
+        self._done = asyncio.Event()
         self._client = None  # one API client for the batch's artifact calls (a fresh one per call costs ~4x)
         self.calls = 0
         self.api_s = 0.0  # time spent in artifact API calls (docs/operations.md quotes it)
@@ -166,15 +167,27 @@ class BatchArtifacts:
 
     async def follow(self, moved: Callable[[], int]) -> None:
         """Create the progress artifact at once, then refresh it every ``interval_s`` while
-        ``moved()`` (rows the mirror recorded) changes; runs beside the items until cancelled,
+        ``moved()`` (rows the mirror recorded) changes; runs beside the items until ``stop_following``,
         so no artifact call delays an item."""
         last = None
-        while True:
+        while not self._done.is_set():
             now = moved()
             if now != last:
                 last = now
                 await self.refresh()
-            await asyncio.sleep(self._interval_s)
+            try:
+                await asyncio.wait_for(self._done.wait(), self._interval_s)
+            except TimeoutError:
+                pass
+
+    async def stop_following(self, follower: asyncio.Task) -> None:
+        """Stop ``follow`` after its API call in progress: cancelled midway, a create could reach
+        the server and be repeated by ``finish`` (a second progress card; the browser test saw it)."""
+        self._done.set()
+        try:
+            await asyncio.wait_for(follower, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
 
     async def finish(self, status: str, elapsed_s: float, stop_reason: str | None = None) -> None:
         """Final progress, the failures table (if any failed) and the summary."""

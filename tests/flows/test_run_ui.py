@@ -42,6 +42,7 @@ async def _seen_by_ui(flow_run_id, batch_id: int):
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(  # test databases reuse batch ids
             key=ArtifactFilterKey(any_=keys), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
         ))
+    assert len({a.key for a in artifacts}) == len(artifacts), "one artifact per key and run"
     return flow_run, task_runs, {a.key: a for a in artifacts}
 
 
