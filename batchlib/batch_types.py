@@ -15,6 +15,11 @@ A batch type is data, not a class hierarchy:
 - ``prepare(session, ctx)`` (optional) runs once per run, in one read-only transaction, before
   any item is handled; what it returns is ``ctx.state`` for every ``handle`` call of that run
   (add_friend seeds its daily-cap counts from it);
+- ``inputs``: the keys its ``task_data`` may hold, with their JSON types; any other key is
+  refused (a misspelt ``acount_ids`` must not widen a batch to every account). ``staged_as``
+  names the input whose list can instead be staged as detail rows (``items``: the item
+  objects go in ``item_data``; ``account_ids``: the ids are the ``item_id`` values), and
+  ``item_keys`` the keys one item may hold (also the CSV columns of an items file);
 - ``on_close(session, scope, status, now)`` (optional) runs in the transaction that finishes the batch
   (after the fence check): whole-batch side effects (pin_sync marks the pins it did not see as
   removed) and the batch's ``error_message`` summary, returned as a string or None. Every path
@@ -25,7 +30,7 @@ A batch type is data, not a class hierarchy:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -68,6 +73,9 @@ class BatchType:
     uses_kubo: bool = False
     prepare: Prepare | None = None
     on_close: OnClose | None = None
+    inputs: Mapping[str, type] = field(default_factory=dict)
+    staged_as: str | None = None
+    item_keys: tuple[str, ...] = ("account_id",)
 
 
 _REGISTRY: dict[str, BatchType] = {}

@@ -8,10 +8,12 @@
     │   └── InvalidItems
     ├── UnknownBatch
     ├── BatchNotClaimable            the batch is in a state that cannot be (re)started
+    │   └── BatchCancelled           the admin panel cancelled or deleted it before it started
     ├── BatchAlreadyActive           another pending/running batch of that tenant and type
     ├── StaleFence                   this run no longer owns the batch (taken over)
     ├── LockLost                     the Redis lease was lost while running
     ├── DatabaseUnavailable          the mirror stayed unreachable past the outage budget
+    ├── AccountTableMismatch         the accounts table is not what the BATCH_ACCOUNT_* settings describe
     └── PlatformError                an external service call failed
         ├── PlatformUnavailable      5xx / timeouts / connection errors past the retry budget
         ├── RateLimited              429 past the retry budget
@@ -33,10 +35,12 @@ __all__ = [
     "InvalidItems",
     "UnknownBatch",
     "BatchNotClaimable",
+    "BatchCancelled",
     "BatchAlreadyActive",
     "StaleFence",
     "LockLost",
     "DatabaseUnavailable",
+    "AccountTableMismatch",
     "PlatformError",
     "PlatformUnavailable",
     "RateLimited",
@@ -94,6 +98,15 @@ class BatchNotClaimable(BatchError):
         self.status = status
 
 
+class BatchCancelled(BatchNotClaimable):
+    """Cancelled (``how="cancelled"``) or soft-deleted (``how="deleted"``) before any run started it."""
+
+    def __init__(self, batch_id: int, how: str) -> None:
+        BatchError.__init__(self, f"batch {batch_id} was {how} before it started; nothing was done")
+        self.batch_id = batch_id
+        self.status = how
+
+
 class BatchAlreadyActive(BatchError):
     def __init__(self, tenant_id: int, task_type: str, batch_id: int | None = None) -> None:
         which = f" (batch {batch_id})" if batch_id else ""
@@ -126,6 +139,13 @@ class DatabaseUnavailable(BatchError):
             "the reaper marks it failed, then resume it (only its unfinished items run again)"
         )
         self.batch_id = batch_id
+
+
+class AccountTableMismatch(BatchError):
+    """The accounts table lacks a configured column, or a column has an unusable type.
+
+    Raised at start (opening the mirror, ``python -m db upgrade``), before anything is written.
+    """
 
 
 class PlatformError(BatchError):

@@ -4,7 +4,9 @@ One flush = one transaction: fence check (also the heartbeat), a set-based guard
 per final status, one counter UPDATE, the batch type's side effects. It runs in a worker
 thread, so the event loop keeps the platform calls going; a connection is never held across
 a platform call. A flush happens every ``interval`` seconds, or sooner when ``max_items``
-outcomes are waiting; with nothing to record it still heartbeats every ``heartbeat_s``.
+outcomes are waiting; with nothing to record it still heartbeats every ``heartbeat_s``, and
+in between reads the row (one SELECT by id) every ``interval``. Every flush and read notes
+whether the admin panel cancelled or soft-deleted the batch (``cancel_requested``, ``on_cancel``).
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ class MirrorWriter:
         self._closing = False
         self._last_write = time.monotonic()
         self.stats = FlushStats()
-        self.cancel_requested = False  # the admin panel set the row to cancelled
+        self.cancel_requested = False  # the admin panel set the row to cancelled, or soft-deleted it
         self.stale = False  # another run owns the batch now
         self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
         self.error_since: float | None = None  # monotonic time of the first failed flush of this outage
         self.on_progress: Callable[[int], None] | None = None
         self.on_stale: Callable[[], None] | None = None  # called at once when a flush finds the fence stale
+        self.on_cancel: Callable[[], None] | None = None  # called at once when a flush finds the row cancelled
 
     def add(self, outcome: ItemOutcome) -> None:
         self._buffer.append((time.monotonic(), outcome))
@@ -89,6 +92,8 @@ class MirrorWriter:
                 break
             if self._buffer or time.monotonic() - self._last_write >= self._heartbeat_s:
                 await self._flush_safely()
+            else:
+                await self._peek_safely()
 
     async def close(self, patience_s: float = 0.0) -> None:
         """Final flush of whatever is buffered (called once processing has stopped).
@@ -110,6 +115,10 @@ class MirrorWriter:
                 return
             await asyncio.sleep(min(0.5, self._interval))
 
+    async def check(self) -> None:
+        """Flush now (a heartbeat when nothing is buffered): reads the row's cancel at once."""
+        await self._flush_safely()
+
     def flush_now(self) -> None:
         """Blocking flush, for shutdown paths where the event loop is going away."""
         if self._buffer and not self.stale:
@@ -121,6 +130,8 @@ class MirrorWriter:
             batch, self._buffer = self._buffer, []
             try:
                 await asyncio.to_thread(self._write_batch, batch)
+                if self.cancel_requested and self.on_cancel is not None:
+                    self.on_cancel()
             except StaleFence:
                 self.stale = True
                 if self.on_stale is not None:
@@ -132,11 +143,34 @@ class MirrorWriter:
                 if self.error_since is None:
                     self.error_since = time.monotonic()
 
+    async def _peek_safely(self) -> None:
+        """Nothing to record: only read the row, so the admin panel's cancel is seen within one
+        ``interval`` even while no item finishes (a freed slot would start the next item)."""
+        from db import run_transaction
+
+        try:
+            cancelled = await asyncio.to_thread(run_transaction, self._engine, self._read_cancel)
+        except Exception:  # an outage: the flushes report it; the next peek tries again
+            return
+        if cancelled:
+            self.cancel_requested = True
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+    def _read_cancel(self, session: Session) -> bool:
+        """Whether the admin panel cancelled, soft-deleted (or deleted) the row."""
+        from db import BatchTask
+
+        row = session.execute(
+            select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
+        ).one_or_none()
+        return row is None or row.task_status == "cancelled" or row.delete_time is not None
+
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
         from db import run_transaction
 
         outcomes = [o for _, o in batch]
-        moved, status = run_transaction(self._engine, lambda s: self._write(s, outcomes))
+        moved, cancelled = run_transaction(self._engine, lambda s: self._write(s, outcomes))
         now = time.monotonic()
         self._last_write = now
         self.error = None
@@ -146,13 +180,14 @@ class MirrorWriter:
         self.stats.moved += moved
         if batch:
             self.stats.max_lag_s = max(self.stats.max_lag_s, now - min(t for t, _ in batch))
-        if status == "cancelled":
+        if cancelled:
             self.cancel_requested = True
         if self.on_progress is not None and outcomes:
             self.on_progress(moved)
 
-    def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, str]:
-        from db import BatchTask, heartbeat, record_outcomes
+    def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
+        """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""
+        from db import heartbeat, record_outcomes
 
         now = int(time.time())
         if outcomes:
@@ -162,5 +197,4 @@ class MirrorWriter:
         else:
             heartbeat(session, self.batch_id, self.fence, now)
             moved = 0
-        status = session.execute(select(BatchTask.task_status).where(BatchTask.id == self.batch_id)).scalar()
-        return moved, str(status)
+        return moved, self._read_cancel(session)

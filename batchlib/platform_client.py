@@ -7,7 +7,8 @@ What each answer leads to::
     2xx JSON of the wrong shape                  -> BadPlatformResponse (not retried)
     body over max_body_bytes                     -> BadPlatformResponse (streamed, stops at the cap)
     401                                          -> one single-flight refresh per account, then one retry;
-                                                    refresh refused -> TokenRefreshFailed
+                                                    tokens stored by someone else meanwhile are used
+                                                    instead of refreshing; refresh refused -> TokenRefreshFailed
     429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
     5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
     (a timeout: no byte for ``read_timeout``, or the body not complete ``body_timeout`` after
@@ -15,8 +16,9 @@ What each answer leads to::
     other 4xx                                    -> PlatformRejected(<error code>), not retried
 
 Request budget of one call: 1 + ``max_retries`` sends (shared by the call and a refresh it
-leads), plus at most one refresh request and one re-send after it: never more than
-``max_requests_per_call``. ``attempts`` counts every request sent.
+leads), plus at most one refresh request and one re-send after it, plus at most ``ADOPT_MAX``
+re-sends with a pair someone else (the admin system, another worker) stored meanwhile:
+never more than ``max_requests_per_call``. ``attempts`` counts every request sent.
 
 Tokens travel only in the ``Authorization`` header and the refresh body; they never
 appear in URLs, log records or exception text: the wire (``batchlib.http_wire``) turns
@@ -71,6 +73,8 @@ FriendStatus = Literal["sent", "already_friends", "pending"]
 ACCOUNT_STATUSES = frozenset({"alive", "banned", "restricted"})
 FRIEND_STATUSES = frozenset({"sent", "already_friends", "pending"})
 REFRESH_PATH = "/v1/oauth/refresh"
+RELOAD_PAUSES = (0.0, 0.2, 0.8)  # re-reads of the stored pair after a refused refresh or refreshed token
+ADOPT_MAX = 2  # re-sends of one call with a pair someone else stored
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -88,10 +92,14 @@ class TokenStore(Protocol):
 
     async def load(self, account_id: int) -> Credentials: ...
 
+    async def reload(self, account_id: int) -> Credentials:
+        """Read the stored tokens again (someone else may have refreshed them); return them."""
+        ...
+
     async def save(
-        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+        self, account_id: int, old: Credentials, access_token: str, refresh_token: str, expires_in: int
     ) -> Credentials:
-        """Store new tokens if the stored version is still ``old_version``; return what is stored now."""
+        """Store the pair obtained by refreshing ``old`` unless the stored pair moved on; return what is stored now."""
         ...
 
 
@@ -112,12 +120,14 @@ class InMemoryTokenStore:
     async def load(self, account_id: int) -> Credentials:
         return self._tokens[account_id]
 
+    reload = load
+
     async def save(
-        self, account_id: int, old_version: int, access_token: str, refresh_token: str, expires_in: int
+        self, account_id: int, old: Credentials, access_token: str, refresh_token: str, expires_in: int
     ) -> Credentials:
         current = self._tokens[account_id]
-        if current.version == old_version:
-            current = self._tokens[account_id] = Credentials(access_token, refresh_token, old_version + 1)
+        if current.refresh_token == old.refresh_token:
+            current = self._tokens[account_id] = Credentials(access_token, refresh_token, current.version + 1)
             self.saves += 1
         return current
 
@@ -200,8 +210,9 @@ class PlatformClient:
 
     @property
     def max_requests_per_call(self) -> int:
-        """Upper bound of requests one call sends: 1 + max_retries, a refresh and its re-send."""
-        return self.max_retries + 3
+        """Upper bound of requests one call sends: 1 + max_retries, a refresh and its re-send,
+        and up to ``ADOPT_MAX`` re-sends with tokens stored by someone else meanwhile."""
+        return self.max_retries + 3 + ADOPT_MAX
 
     async def __aenter__(self) -> PlatformClient:
         return self
@@ -244,6 +255,7 @@ class PlatformClient:
         creds = await self._store.load(account_id)
         budget = _Budget()
         refreshed = False
+        adopted = 0
         while True:
             status, data = await self._exchange(method, path, creds.access_token, body, budget)
             if 200 <= status < 300:
@@ -251,19 +263,34 @@ class PlatformClient:
             if status != 401:
                 raise PlatformRejected(_rejection(status, data), status_code=status)
             if refreshed:
-                raise TokenRefreshFailed("the platform refused the token obtained by refresh", status_code=401)
-            creds = await self._refresh(account_id, creds, budget)
-            refreshed = True
+                # Rotated again by someone else (the admin system refreshes too) since our refresh?
+                newer = await self._stored_since(account_id, creds) if adopted < ADOPT_MAX else None
+                if newer is None:
+                    raise TokenRefreshFailed("the platform refused the token obtained by refresh", status_code=401)
+                creds, adopted = newer, adopted + 1
+                continue
+            creds, refreshed = await self._refresh(account_id, creds, budget)
+            if not refreshed:  # a pair someone else stored (it may be expired: then we refresh)
+                adopted += 1
+                if adopted > ADOPT_MAX:
+                    raise TokenRefreshFailed("the stored tokens keep being refused", status_code=401)
 
-    async def _refresh(self, account_id: int, failed: Credentials, budget: _Budget) -> Credentials:
-        """Single-flight per account: the first caller refreshes, the others reuse its result."""
+    async def _refresh(self, account_id: int, failed: Credentials, budget: _Budget) -> tuple[Credentials, bool]:
+        """Single-flight per account: the first caller refreshes, the others reuse its result.
+
+        Returns the pair to use and whether this call obtained it from the platform (False: a
+        pair someone else stored since ``failed`` was read).
+        """
         lock = self._locks.get(account_id)
         if lock is None:
             lock = self._locks[account_id] = asyncio.Lock()
         async with lock:
             current = await self._store.load(account_id)
             if current.version != failed.version:
-                return current  # someone refreshed since our call failed
+                return current, False  # someone refreshed since our call failed
+            current = await self._store.reload(account_id)
+            if current.version != failed.version:
+                return current, False  # stored by someone else (the admin system refreshes too)
             if self._refused.get(account_id) == current.version:
                 raise TokenRefreshFailed("refresh token rejected", status_code=400)
             self.refreshes += 1
@@ -272,6 +299,9 @@ class PlatformClient:
                 "POST", REFRESH_PATH, None, {"refresh_token": current.refresh_token}, budget
             )
             if status in (400, 401):
+                newer = await self._stored_since(account_id, current)  # rotated by someone else meanwhile?
+                if newer is not None:
+                    return newer, False
                 self._refused[account_id] = current.version
                 raise TokenRefreshFailed("refresh token rejected", status_code=status)
             if not 200 <= status < 300:
@@ -281,7 +311,18 @@ class PlatformClient:
                 isinstance(expires_in, int) and not isinstance(expires_in, bool)
             ):
                 raise BadPlatformResponse("unexpected refresh response from the platform", status_code=status)
-            return await self._store.save(account_id, current.version, access, refresh, expires_in)
+            return await self._store.save(account_id, current, access, refresh, expires_in), True
+
+    async def _stored_since(self, account_id: int, refused: Credentials) -> Credentials | None:
+        """A pair stored after ``refused`` by someone else, or None. The admin system may be
+        storing the pair it just obtained (between the platform's answer and its UPDATE), so
+        the store is read a few times over ``sum(RELOAD_PAUSES)`` seconds."""
+        for pause in RELOAD_PAUSES:
+            await self._sleep(pause)
+            newer = await self._store.reload(account_id)
+            if newer.version != refused.version:
+                return newer
+        return None
 
     # -- one request with transient retries ---------------------------------------
     async def _exchange(

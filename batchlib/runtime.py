@@ -2,8 +2,9 @@
 
 Prefect tasks receive plain ids; the live objects they need (the batch's HTTP client, its
 mirror writer, its concurrency limit) are found here. The keyed concurrency limit is this
-semaphore: at most one batch of a (tenant, type) is active anywhere (Redis lease + the
+limiter: at most one batch of a (tenant, type) is active anywhere (Redis lease + the
 database guard), so C slots in its one process bound that key's platform calls everywhere.
+C follows the key's Prefect global concurrency limit while the batch runs (tasks/limits.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from batchlib.batch_types import BatchType
 from batchlib.errors import PlatformError
 from batchlib.item_context import ItemContext
+from batchlib.limiter import ResizableLimiter
 from batchlib.mirror_writer import MirrorWriter
 from batchlib.outcomes import ItemOutcome
 
@@ -28,7 +30,7 @@ class BatchRuntime:
     batch_type: BatchType
     ctx: ItemContext
     mirror: MirrorWriter
-    limit: asyncio.Semaphore
+    limit: ResizableLimiter
     stop_reason: str | None = None
     calls: int = 0  # items handed to the handler (each costs 1 + retries platform calls at most)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -42,6 +44,7 @@ class BatchRuntime:
         if self.stop_reason is None:
             self.stop_reason = reason
             self._stopped.set()
+            self.limit.open()  # waiters (even on a paused limit) wake, see the stop, start nothing
 
     def stage_chunk(self, items: list[tuple[int, dict | None]]) -> tuple[int, int]:
         """Keep a chunk's items for its task run, which gets only (first id, last id): Prefect then

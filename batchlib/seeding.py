@@ -1,7 +1,8 @@
-"""Copy the simulator's accounts (with their tokens) into la_alt_account: demo, tests, bench.
+"""Copy the simulator's accounts (with their tokens) into the accounts table: demo, tests, bench.
 
 Simulator uids look like ``u<tenant>-<nnnnnn>``; such an account gets the stable id
-``tenant * 100000 + n`` so runs are reproducible. Inserted in bulk (multi-row INSERTs).
+``tenant * 100000 + n`` so runs are reproducible. Written by ``db.import_accounts`` (the
+same code as ``python -m db import-accounts``): idempotent on (tenant_id, platform_uid).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 
 __all__ = ["account_id_for", "import_accounts"]
 
@@ -24,8 +25,9 @@ def account_id_for(uid: str) -> int | None:
 
 
 def import_accounts(engine: Engine, accounts: Iterable[Mapping[str, Any]], *, chunk: int = 5000) -> list[int]:
-    """Insert (replacing same ids) the given simulator accounts; returns their ids."""
-    from db import Account, run_transaction
+    """Insert or update the given simulator accounts (status back to ``unknown``); returns their ids."""
+    from db import import_accounts as write_accounts
+    from db import run_transaction
 
     now = int(time.time())
     rows = [
@@ -38,22 +40,12 @@ def import_accounts(engine: Engine, accounts: Iterable[Mapping[str, Any]], *, ch
             "access_token": a["access_token"],
             "refresh_token": a["refresh_token"],
             "token_expires_at": now + int(a.get("expires_in", 3600)),
-            "token_version": 0,
             "status": "unknown",
-            "create_time": now,
-            "update_time": now,
         }
         for a in accounts
     ]
-    table = Account.__table__
+    ids: list[int] = []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-
-        def write(session, part=part) -> None:
-            ids = [r["id"] for r in part if r["id"] is not None]
-            if ids:
-                session.execute(delete(table).where(table.c.id.in_(ids)))
-            session.execute(table.insert(), part)
-
-        run_transaction(engine, write)
-    return [r["id"] for r in rows]
+        ids += run_transaction(engine, lambda s, part=part: write_accounts(s, part, now))
+    return ids

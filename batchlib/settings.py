@@ -11,7 +11,9 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["MAX_CONCURRENCY", "Settings", "get_settings"]
+
+MAX_CONCURRENCY = 1000  # platform calls in flight for one (tenant, type), whatever a limit says
 
 
 class Settings(BaseSettings):
@@ -27,10 +29,14 @@ class Settings(BaseSettings):
     kubo_nodes: dict[int, str] = Field(default_factory=dict)  # tenant -> its node, e.g. {"7": "http://10.0.0.7:5001"}
 
     # Concurrency: platform calls in flight per (tenant, batch type)
-    concurrency: int = Field(50, ge=1, le=1000)
+    concurrency: int = Field(50, ge=1, le=MAX_CONCURRENCY)
     concurrency_per_type: dict[str, int] = Field(default_factory=dict)
     # "tenant:type" or "tenant" -> limit, e.g. {"7": 10, "8:add_friend": 2}
     concurrency_per_tenant: dict[str, int] = Field(default_factory=dict)
+    # The limits above are the defaults of Prefect global concurrency limits batch:<tenant>:<type>
+    # (created on first use; operators change them in the UI). A running batch re-reads its limit:
+    limit_poll_s: float = Field(3.0, gt=0)
+    limit_api_timeout_s: float = Field(5.0, gt=0)  # past this, a read counts as "API unreachable"
 
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks
@@ -39,11 +45,13 @@ class Settings(BaseSettings):
     flush_max_items: int = Field(500, ge=1)
     detail_insert_chunk: int = Field(5000, ge=1)
     max_items: int = Field(100_000, ge=1)
+    items_dir: str | None = None  # when set, a run's items_file parameter must be a file in this folder
 
     # Locks and liveness
     lock_ttl_s: float = Field(30.0, gt=0)
     heartbeat_interval_s: float = Field(5.0, gt=0)
-    reaper_stale_after_s: int = Field(120, ge=10)
+    reaper_stale_after_s: int = Field(60, ge=10)  # keep above lock_ttl_s: a resume must find the lease free
+    auto_resume_max: int = Field(3, ge=0)  # automatic resumes per batch after its run died; 0: never
     db_outage_budget_s: float = Field(60.0, gt=0)  # stop a batch when the mirror stays unwritable this long
     cancel_poll_s: float = Field(2.0, gt=0)  # how often a run asks Prefect whether it is being cancelled
     progress_log_s: float = Field(2.0, gt=0)
@@ -62,6 +70,29 @@ class Settings(BaseSettings):
     http_backoff_max_s: float = 5.0
     http_retry_after_max_s: float = 30.0
     http_max_body_bytes: int = 1_000_000
+
+    # The accounts table: the admin system's own (adopted), or the default one the migrations
+    # create on a fresh database. One setting per column we use; an optional column set to ""
+    # means the table has none (it is then never read or written). Checked at start.
+    account_table: str = "la_alt_account"
+    account_col_id: str = "id"
+    account_col_tenant_id: str = "tenant_id"
+    account_col_platform_uid: str = "platform_uid"
+    account_col_access_token: str = "access_token"
+    account_col_refresh_token: str = "refresh_token"
+    account_col_status: str = "status"
+    account_col_nickname: str = "nickname"  # optional from here on
+    account_col_avatar_url: str = "avatar_url"
+    account_col_token_expires_at: str = "token_expires_at"
+    account_col_last_check_time: str = "last_check_time"
+    account_col_update_time: str = "update_time"
+    account_col_create_time: str = "create_time"
+    account_col_delete_time: str = "delete_time"  # soft delete: NULL or 0 means live
+    account_col_token_version: str = "token_version"
+    # Our account status -> the value stored in the table (or a list: the first is written, all
+    # are read), e.g. {"alive": 1, "banned": 2, "disabled": [3, 4], "restricted": 5}. Empty: the
+    # table stores our own names (alive, banned, restricted, unknown, disabled).
+    account_status_map: dict[str, int | str | list[int | str]] = Field(default_factory=dict)
 
     # Batch types
     add_friend_daily_cap: int = Field(20, ge=0)  # friend requests one account may send per day

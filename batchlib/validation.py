@@ -13,7 +13,7 @@ from batchlib.errors import ForeignAccounts, InvalidItems, UnknownTenant
 
 __all__ = [
     "positive_int", "check_tenant", "account_ids_from", "items_from", "check_accounts",
-    "account_items", "check_nickname", "check_avatar_url", "check_friend_uid",
+    "account_items", "check_nickname", "check_avatar_url", "check_friend_uid", "check_task_name", "check_admin_id",
 ]
 
 MAX_ID = 2**31 - 1  # int(11) columns
@@ -26,7 +26,39 @@ def positive_int(value: Any, what: str) -> int:
         else:
             raise InvalidItems(f"{what} must be a positive integer, got {value!r:.60}")
     if not 0 < value <= MAX_ID:
-        raise InvalidItems(f"{what} must be between 1 and {MAX_ID}, got {value}")
+        raise InvalidItems(f"{what} must be between 1 and {MAX_ID}, got {_shown(value)}")
+    return value
+
+
+def _shown(number: int) -> str:
+    return str(number) if abs(number) < 10**30 else "a number of more than 30 digits"
+
+
+TASK_NAME_MAX = 255  # la_batch_task.task_name is varchar(255)
+
+
+def check_task_name(value: Any) -> str | None:
+    """None or "" (a default name is used) or text of at most 255 characters, without NUL or surrogates."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidItems(f"task name must be text, got {type(value).__name__}")
+    if len(value) > TASK_NAME_MAX:
+        raise InvalidItems(f"task name is {len(value)} characters long (at most {TASK_NAME_MAX})")
+    if not value.strip():
+        raise InvalidItems("task name is empty")
+    bad = next((c for c in value if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise InvalidItems(f"task name contains the character U+{ord(bad):04X}, which cannot be stored")
+    return value
+
+
+def check_admin_id(value: Any) -> int:
+    """create_admin_id: 0 (none) up to 2^31-1, as la_batch_task.create_admin_id holds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidItems(f"admin id must be an integer, got {value!r:.60}")
+    if not 0 <= value <= MAX_ID:
+        raise InvalidItems(f"admin id must be between 0 and {MAX_ID}, got {_shown(value)}")
     return value
 
 
@@ -100,7 +132,8 @@ def account_items(
     """One item per account of the tenant, each with a valid ``field``; read-only.
 
     ``check(value)`` returns the value to use or raises ``ValueError`` with the reason. Every
-    problem is collected and the first ten are reported together; unknown keys are ignored.
+    problem is collected and the first ten are reported together; a key other than
+    ``account_id`` and ``field`` is a problem too (refused, never ignored).
     Item data keeps ``{"account_id", field}`` (what the admin panel shows).
     """
     tenant = check_tenant(session, tenant_id)
@@ -113,6 +146,10 @@ def account_items(
     for n, item in enumerate(items):
         account_id = positive_int(item["account_id"], f"item {n} account_id")
         where = f"item {n} (account {account_id})"
+        unknown = sorted(k for k in item if k not in ("account_id", field))
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {', '.join(repr(str(k)[:40]) for k in unknown[:3])}")
+            continue
         if field not in item:
             problems.append(f"{where}: no {field}")
             continue

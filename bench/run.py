@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         engine = get_engine(url)
         with PlatformSimulator(subprocess=True, latency_ms=0, log_max=10) as sim:
-            env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "BATCH_DATABASE_URL": url, "BATCH_PLATFORM_URL": sim.url,
-                   "BATCH_CONCURRENCY": str(args.concurrency)}
+            env = {**(server.env if server else os.environ), "PREFECT_API_URL": api_url,
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "BATCH_DATABASE_URL": url,
+                   "BATCH_PLATFORM_URL": sim.url, "BATCH_CONCURRENCY": str(args.concurrency)}
             if args.chunk_threshold is not None:
                 env["BATCH_CHUNK_THRESHOLD"] = str(args.chunk_threshold)
             if args.chunk_size is not None:

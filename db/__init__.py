@@ -6,6 +6,7 @@ from db.accounts import (
     Credentials,
     active_account_ids,
     foreign_ids,
+    import_accounts,
     load_credentials,
     load_credentials_many,
     record_checks,
@@ -43,6 +44,8 @@ from db.mirror import (
     record_outcomes,
     recount,
     set_total,
+    stage_details,
+    staged_details,
 )
 from db.models import Account, BatchRun, BatchTask, BatchTaskDetail, FriendRequestLog, IpfsPin
 from db.pins import PIN_PRESENT, PIN_REMOVED, failed_items, mark_pins_removed, record_pins, remove_unseen_pins
@@ -54,10 +57,11 @@ __all__ = [
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat", "add_details", "set_total",
     "pending_items", "record_outcomes", "finish_batch", "recount", "counters", "get_batch",
+    "stage_details", "staged_details",
     "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
     "running_batches", "load_credentials_many",
     "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
-    "set_profiles", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
+    "set_profiles", "import_accounts", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
     "PIN_PRESENT", "PIN_REMOVED", "record_pins", "mark_pins_removed", "remove_unseen_pins", "failed_items",
 ]

@@ -9,14 +9,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Insert, Table
 
-from db.models import Account, BatchRun, BatchTask, BatchTaskDetail
+from db.models import BatchRun, BatchTask, BatchTaskDetail
 
 T = TypeVar("T")
 
 TASK: Table = BatchTask.__table__  # type: ignore[assignment]
 DETAIL: Table = BatchTaskDetail.__table__  # type: ignore[assignment]
 RUN: Table = BatchRun.__table__  # type: ignore[assignment]
-ACCOUNT: Table = Account.__table__  # type: ignore[assignment]
 
 IN_CHUNK = 500
 ERROR_MAX = 2000

@@ -1,4 +1,4 @@
-"""The admin panel's original DDL, verbatim (DESIGN.md §2). Existing installations have it."""
+"""The admin panel's original DDL, verbatim (docs/design.md §3). Existing installations have it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Engines for MariaDB/MySQL and SQLite, tuned for short transactions (DESIGN.md §4)."""
+"""Engines for MariaDB/MySQL and SQLite, tuned for short transactions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from db.account_table import verify_once
 from db.retry import run_transaction
 
 __all__ = ["make_engine", "get_engine", "run_transaction", "SQLITE_BUSY_TIMEOUT_MS"]
@@ -81,9 +82,15 @@ def _cached_engine(url: str) -> Engine:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """The process-wide engine for ``url`` (default: ``BATCH_DATABASE_URL``)."""
+    """The process-wide engine for ``url`` (default: ``BATCH_DATABASE_URL``).
+
+    Opening the mirror checks the accounts table against the ``BATCH_ACCOUNT_*`` settings
+    once per process: ``AccountTableMismatch`` (one line) before anything is written.
+    """
     if url is None:
         from batchlib.settings import get_settings
 
         url = get_settings().database_url.get_secret_value()
-    return _cached_engine(url)
+    engine = _cached_engine(url)
+    verify_once(engine)
+    return engine

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.pool import NullPool
 
+from batchlib.errors import AccountTableMismatch
+from db.account_table import accounts_table, table_exists, verify
 from db.engine import make_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["alembic_config", "upgrade", "current", "resolve_url"]
+__all__ = ["alembic_config", "check_accounts_table", "upgrade", "current", "head", "resolve_url"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -39,10 +41,45 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Apply every migration up to ``revision`` (existing admin tables are kept as they are)."""
+    """Apply every migration up to ``revision`` (existing admin tables are kept as they are).
+
+    The accounts table is checked against the ``BATCH_ACCOUNT_*`` settings first: an adopted
+    table that lacks a configured column, or a configured table that does not exist and is
+    not the default one (which the migrations create), raises ``AccountTableMismatch``
+    before any migration runs; the table is checked again at the end.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    accounts = accounts_table()
+    engine = make_engine(resolve_url(url), poolclass=NullPool)
+    try:
+        _check_accounts_table(engine)
+        command.upgrade(alembic_config(url), revision)
+        if table_exists(engine, accounts.spec.table):  # absent only when stopped before revision 0003
+            verify(engine, accounts)
+    finally:
+        engine.dispose()
+
+
+def check_accounts_table(url: str | None = None) -> None:
+    """Raise ``AccountTableMismatch`` (one line) when the accounts table is not what the
+    ``BATCH_ACCOUNT_*`` settings describe; reads only."""
+    engine = make_engine(resolve_url(url), poolclass=NullPool)
+    try:
+        _check_accounts_table(engine)
+    finally:
+        engine.dispose()
+
+
+def _check_accounts_table(engine) -> None:
+    accounts = accounts_table()
+    if table_exists(engine, accounts.spec.table):
+        verify(engine, accounts)
+    elif not accounts.spec.is_default:
+        raise AccountTableMismatch(
+            f"the accounts table {accounts.spec.table} does not exist; the migrations create only "
+            "the default la_alt_account (leave every BATCH_ACCOUNT_* setting unset for it)"
+        )
 
 
 def current(url: str | None = None) -> str | None:
@@ -55,3 +92,10 @@ def current(url: str | None = None) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head() -> str:
+    """The newest revision of the migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -16,12 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from batchlib.errors import BatchAlreadyActive, BatchNotClaimable, InvalidItems, StaleFence, UnknownBatch
+from batchlib.errors import (
+    BatchAlreadyActive,
+    BatchCancelled,
+    BatchNotClaimable,
+    InvalidItems,
+    StaleFence,
+    UnknownBatch,
+)
 from batchlib.outcomes import ItemOutcome
+from batchlib.task_data import TASK_DATA_MAX_BYTES, decode_json
 from db import statuses as st
 from db._util import DETAIL, RUN, TASK, chunks, dumps, insert_ignore, loads, now_or, truncate
 from db.models import BatchTask
@@ -30,11 +38,9 @@ __all__ = [
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat",
     "add_details", "set_total", "pending_items", "record_outcomes", "finish_batch",
-    "recount", "counters", "get_batch", "find_active", "is_active_guard_violation",
+    "recount", "counters", "get_batch", "find_active", "holds_key", "is_active_guard_violation", "AUTO_RESUME_NOTE",
+    "stage_details", "staged_details",
 ]
-
-
-TASK_DATA_MAX_BYTES = 65_535  # la_batch_task.task_data is TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +77,24 @@ class Moved:
         return self.success + self.failed + self.skipped
 
 
+def holds_key() -> ColumnElement[bool]:
+    """The rows that hold their (tenant, type): a run may still make platform calls for them.
+
+    ``running`` (soft-deleted or not), or ``cancelled`` by the admin panel while it ran and not
+    yet closed by its run (``end_time`` is set by whoever closes it: the run, its hooks, the
+    reaper). The unique key of revision 0007 is built on the same condition, so at most one
+    such row exists per (tenant, type); ``pending`` rows are not in it (the panel's queue).
+    """
+    return or_(
+        TASK.c.task_status == st.RUNNING,
+        and_(TASK.c.task_status == st.CANCELLED, TASK.c.start_time.is_not(None), TASK.c.end_time.is_(None)),
+    )
+
+
 def is_active_guard_violation(err: IntegrityError) -> bool:
-    """True when the one-active-batch guard (not another key) rejected the row."""
+    """True when the one-running-batch guard (not another key) rejected the row."""
     text = str(err.orig)
-    return "uq_task_active" in text or "la_batch_task.tenant_id, la_batch_task.task_type" in text
+    return "uq_task_running" in text or "la_batch_task.tenant_id, la_batch_task.task_type" in text
 
 
 # -- lookups ---------------------------------------------------------------------------
@@ -85,16 +105,13 @@ def get_batch(session: Session, batch_id: int) -> BatchTask | None:
 
 
 def find_active(session: Session, tenant_id: int, task_type: str) -> int | None:
-    """The id of the pending/running batch of (tenant, type), if any."""
+    """The id of a batch of (tenant, type) that is running (or still stopping), else of the
+    oldest one waiting (pending, not deleted); None when there is neither."""
+    waiting = and_(TASK.c.task_status == st.PENDING, TASK.c.delete_time.is_(None))
     return session.execute(
         select(TASK.c.id)
-        .where(
-            TASK.c.tenant_id == tenant_id,
-            TASK.c.task_type == task_type,
-            TASK.c.task_status.in_(st.ACTIVE),
-            TASK.c.delete_time.is_(None),
-        )
-        .order_by(TASK.c.id)
+        .where(TASK.c.tenant_id == tenant_id, TASK.c.task_type == task_type, or_(holds_key(), waiting))
+        .order_by(case((holds_key(), 0), else_=1), TASK.c.id)
         .limit(1)
     ).scalar_one_or_none()
 
@@ -136,6 +153,11 @@ def counters(session: Session, batch_id: int) -> Counts:
 
 # -- create and claim ------------------------------------------------------------------
 
+# error_message of a batch the maintenance flow resumed by itself ("auto-resume 1/3 after: ...").
+# A claim and a clean finish keep it, so the admin panel still sees that the batch was resumed.
+AUTO_RESUME_NOTE = "auto-resume"
+_KEPT_NOTE = case((TASK.c.error_message.like(AUTO_RESUME_NOTE + " %"), TASK.c.error_message), else_=None)
+
 
 def create_batch(
     session: Session,
@@ -147,20 +169,27 @@ def create_batch(
     task_data: dict[str, Any] | None,
     now: int | None = None,
 ) -> int:
-    """Insert a pending batch; BatchAlreadyActive if (tenant, type) already has one.
+    """Insert a pending batch; BatchAlreadyActive if (tenant, type) has one running or waiting.
+
+    The check is for requests that start a batch themselves (CLI, a deployment run with a
+    tenant id): they do not queue behind the admin panel's rows. The database's own guard is
+    on the claim (two runs racing here: the second claim hits the unique key).
 
     InvalidItems when ``task_data`` does not fit the panel's ``TEXT`` column (64 KiB): MariaDB
-    in strict mode refuses the row (found by tests/faults: ~9,000 explicit ids crashed the run).
+    in strict mode refuses the row. Callers keep long item lists in the detail rows and store
+    only their summary here (``batchlib.task_data.summary``), so this is a last guard.
     """
     now = now_or(now)
     text = dumps(task_data)
     if text is not None and len(text.encode()) > TASK_DATA_MAX_BYTES:
         raise InvalidItems(
-            f"the request is too large to store: task_data is {len(text.encode())} bytes and "
-            f"la_batch_task.task_data holds {TASK_DATA_MAX_BYTES}; split it into smaller batches "
-            "(about 9,000 account ids each), or omit account_ids to process every active account"
+            f"task_data is {len(text.encode())} bytes and la_batch_task.task_data holds {TASK_DATA_MAX_BYTES}: "
+            "keep the items in the detail rows and a summary in task_data (docs/batch-types.md, Large item lists)"
         )
-    stmt = TASK.insert().values(
+    active = find_active(session, tenant_id, task_type)
+    if active is not None:
+        raise BatchAlreadyActive(tenant_id, task_type, active)
+    result = session.execute(TASK.insert().values(
         tenant_id=tenant_id,
         task_name=task_name,
         task_type=task_type,
@@ -173,22 +202,12 @@ def create_batch(
         create_admin_id=create_admin_id,
         create_time=now,
         update_time=now,
-    )
-    try:
-        with session.begin_nested():
-            result = session.execute(stmt)
-    except IntegrityError as err:
-        if not is_active_guard_violation(err):
-            raise
-        raise BatchAlreadyActive(tenant_id, task_type, find_active(session, tenant_id, task_type)) from err
+    ))
     return int(result.inserted_primary_key[0])
 
 
 def _parse_task_data(batch_id: int, text: str | None) -> dict[str, Any] | None:
-    try:
-        data = loads(text)
-    except ValueError:
-        raise InvalidItems(f"batch {batch_id}: task_data is not valid JSON") from None
+    data = decode_json(text, what=f"batch {batch_id}: task_data", max_bytes=TASK_DATA_MAX_BYTES) if text else None
     if data is not None and not isinstance(data, dict):
         raise InvalidItems(f"batch {batch_id}: task_data must be a JSON object")
     return data
@@ -206,6 +225,10 @@ def claim_batch(
     """Make this run the owner of a batch (status -> running) and return its new fence.
 
     Claimable: pending, failed, cancelled (a resume), and running only with ``takeover``.
+    Never claimable: a soft-deleted row, and a row cancelled before any run started it
+    (``start_time`` NULL): the admin panel's cancel of a row already dispatched but not yet
+    claimed means "never start it" (BatchCancelled). A pending row whose (tenant, type) is held
+    by another run hits the unique key: BatchAlreadyActive, and the row stays pending (queued).
     Lock order is la_batch_run, then la_batch_task, as in every fenced write.
     """
     now = now_or(now)
@@ -219,13 +242,18 @@ def claim_batch(
         )
         fence = session.execute(lock_run).scalar_one()
     task = session.execute(
-        select(TASK.c.task_status, TASK.c.tenant_id, TASK.c.task_type, TASK.c.task_data, TASK.c.delete_time)
+        select(
+            TASK.c.task_status, TASK.c.tenant_id, TASK.c.task_type, TASK.c.task_data, TASK.c.delete_time,
+            TASK.c.start_time,
+        )
         .where(TASK.c.id == batch_id)
         .with_for_update()
     ).one()
     claimable = st.CLAIMABLE + ((st.RUNNING,) if takeover else ())
     if task.delete_time is not None:
-        raise BatchNotClaimable(batch_id, task.task_status, "it was deleted")
+        raise BatchCancelled(batch_id, "deleted")
+    if task.task_status == st.CANCELLED and task.start_time is None:
+        raise BatchCancelled(batch_id, "cancelled")
     if task.task_status not in claimable:
         why = "pass takeover=True to take it over" if task.task_status == st.RUNNING else ""
         raise BatchNotClaimable(batch_id, task.task_status, why)
@@ -239,7 +267,7 @@ def claim_batch(
                     task_status=st.RUNNING,
                     start_time=func.coalesce(TASK.c.start_time, now),
                     end_time=None,
-                    error_message=None,
+                    error_message=_KEPT_NOTE,
                     update_time=now,
                 )
             ).rowcount
@@ -297,6 +325,33 @@ def add_details(
     """Insert pending detail rows for items not there yet; returns how many were inserted."""
     now = now_or(now)
     check_fence(session, batch_id, fence, now)
+    return _insert_details(session, batch_id, items, now)
+
+
+def stage_details(
+    session: Session, batch_id: int, items: Sequence[tuple[int, dict[str, Any] | None]], now: int | None = None
+) -> int:
+    """Insert pending detail rows for a batch nobody has claimed yet (staged items, no fence:
+    its run validates them when it claims the batch); returns how many were inserted."""
+    now = now_or(now)
+    status = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one_or_none()
+    if status != st.PENDING:
+        raise BatchNotClaimable(batch_id, str(status), "items can only be staged for a pending batch")
+    return _insert_details(session, batch_id, items, now)
+
+
+def staged_details(session: Session, batch_id: int) -> list[tuple[int, str | None]]:
+    """(item_id, item_data text) of every detail row of a batch, by item_id (not decoded: the
+    caller checks untrusted staged rows with the task_data limits)."""
+    rows = session.execute(
+        select(DETAIL.c.item_id, DETAIL.c.item_data).where(DETAIL.c.task_id == batch_id).order_by(DETAIL.c.item_id)
+    ).all()
+    return [(int(item_id), data) for item_id, data in rows]
+
+
+def _insert_details(
+    session: Session, batch_id: int, items: Sequence[tuple[int, dict[str, Any] | None]], now: int
+) -> int:
     if not items:
         return 0
     rows = [
@@ -407,12 +462,20 @@ def finish_batch(
 ) -> Counts:
     """Move a running batch to a final status; counters are set from a recount.
 
-    A batch the admin panel marked ``cancelled`` while it ran can be finished as cancelled.
+    The admin panel's cancel has the last word: a batch it set to ``cancelled`` or soft-deleted
+    while it ran ends ``cancelled`` whatever ``status`` the run asked for (completed, failed).
     """
     if status not in st.FINAL:
         raise ValueError(f"finish_batch: {status!r} is not a final status {st.FINAL}")
     now = now_or(now)
     check_fence(session, batch_id, fence, now)
+    row = session.execute(
+        select(TASK.c.task_status, TASK.c.delete_time).where(TASK.c.id == batch_id).with_for_update()
+    ).one_or_none()
+    if row is not None and row.task_status in (st.RUNNING, st.CANCELLED) and (
+        row.task_status == st.CANCELLED or row.delete_time is not None
+    ):
+        status = st.CANCELLED
     counts = recount(session, batch_id)
     done = session.execute(
         update(TASK)
@@ -431,12 +494,22 @@ def _finishable_from(status: str) -> tuple[str, ...]:
     return (st.RUNNING, st.CANCELLED) if status == st.CANCELLED else (st.RUNNING,)
 
 
+def cancel_note(counts: Counts) -> str | None:
+    """What a cancelled batch's row says about the items it never reached (their detail rows
+    stay ``pending``, so a resume can still process them)."""
+    if not counts.pending:
+        return None
+    return f"cancelled: {counts.pending} of {counts.total} items not processed (their detail rows stay pending)"
+
+
 def _final_values(counts: Counts, status: str, error_message: str | None, now: int) -> dict[str, Any]:
+    if status == st.CANCELLED:
+        error_message = "; ".join(m for m in (cancel_note(counts), error_message) if m) or None
     return {
         "task_status": status,
         "end_time": now,
         "update_time": now,
-        "error_message": truncate(error_message),
+        "error_message": _KEPT_NOTE if error_message is None else truncate(error_message),
         "total_count": counts.total,
         "processed_count": counts.processed,
         "success_count": counts.success,

@@ -1,8 +1,8 @@
 """Typed ORM models. The two ``la_batch_task*`` tables match the admin panel's DDL exactly.
 
 Migrations (``db/migrations``) own the schema; these models describe it at head. The
-MariaDB-only generated column ``la_batch_task.active_key`` is deliberately not mapped, so
-the ORM never writes it.
+MariaDB-only generated column ``la_batch_task.run_key`` (the one-running-batch guard) is
+deliberately not mapped, so the ORM never writes it.
 """
 
 from __future__ import annotations
@@ -88,10 +88,15 @@ class BatchRun(Base):
     heartbeat_time: Mapped[Optional[int]] = mapped_column(Integer)
     create_time: Mapped[int] = mapped_column(Integer)
     update_time: Mapped[int] = mapped_column(Integer)
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # automatic resumes (migration 0006)
 
 
 class Account(Base):
-    """A platform account of a tenant. Token columns never appear in ``repr()``."""
+    """A platform account of a tenant in our default accounts table (fresh installations).
+
+    The repositories do not use this model: they go through ``db.account_table``, which also
+    describes an adopted table of the admin system. Token columns never appear in ``repr()``.
+    """
 
     __tablename__ = "la_alt_account"
     __table_args__ = (Index("idx_account_tenant_status", "tenant_id", "status"),)

@@ -1,4 +1,4 @@
-"""Status values shared with the admin panel (DESIGN.md §2)."""
+"""Status values shared with the admin panel."""
 
 from __future__ import annotations
 

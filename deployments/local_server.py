@@ -3,16 +3,21 @@
 Used by the test session and by ``bench/run.py``::
 
     with PrefectServer() as server:          # PrefectServer().start() / .stop()
-        subprocess.run([...], env=server.env)  # PREFECT_API_URL and PREFECT_HOME of this server
+        subprocess.run([...], env=server.env)  # PREFECT_API_URL, PREFECT_API_AUTH_STRING, PREFECT_HOME
+
+The API is behind Prefect's basic authentication, as in production: the server starts with
+a random ``PREFECT_SERVER_API_AUTH_STRING`` of its own and ``server.env`` gives clients the
+matching ``PREFECT_API_AUTH_STRING`` (``PrefectServer(auth=False)`` for an open API).
 
 Prefect's ephemeral/test-harness API stores everything in SQLite; under a few hundred task
 runs a second it serialises on "database is locked" (flow runs then start seconds late).
-The tests use the production-like backend instead: PostgreSQL, as DESIGN.md recommends.
+The tests use the production-like backend instead: PostgreSQL, as production should.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -39,7 +44,9 @@ def _pg(sql: str) -> None:
 
 
 class PrefectServer:
-    def __init__(self) -> None:
+    def __init__(self, *, auth: bool = True) -> None:
+        # "user:password", as Prefect expects it; random per server, never written to a file
+        self.auth_string = f"batch:{secrets.token_urlsafe(24)}" if auth else None
         self.home = Path(tempfile.mkdtemp(prefix="prefect-home-"))
         self.port = free_port()
         self.db = f"prefect_{uuid.uuid4().hex[:10]}"
@@ -49,8 +56,11 @@ class PrefectServer:
     @property
     def env(self) -> dict[str, str]:
         """Environment for a client process (CLI, worker, flow run) of this server."""
-        return {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        if self.auth_string is not None:
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string
+        return env
 
     def start(self, timeout: float = 90) -> "PrefectServer":
         _pg(f'CREATE DATABASE "{self.db}"')
@@ -62,6 +72,8 @@ class PrefectServer:
             "PREFECT_UI_API_URL": self.api_url,  # the UI in a browser calls this port, not 4200
         }
         env.pop("PREFECT_API_URL")
+        if self.auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         self._log = open(self.home / "server.log", "wb")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],

@@ -1,6 +1,6 @@
 """Serve every deployment of prefect.yaml, with its schedules, from this one process.
 
-    python -m deployments.serve [--only dispatcher,reaper] [--no-schedules]
+    python -m deployments.serve [--only maintenance,account-check] [--no-schedules]
 
 Local all-in-one use: no work pool or worker is needed; flow runs start as subprocesses of
 this process, in the repository. Needs ``PREFECT_API_URL`` (a ``prefect server start``)
@@ -33,6 +33,7 @@ def runner_deployments(specs: list[DeploymentSpec], *, schedules: bool = True) -
             parameters=spec.parameters,
             schedules=spec.schedule_objects() if schedules else None,
             concurrency_limit=spec.concurrency_object(),
+            triggers=spec.trigger_objects() or None,
         ))
     return out
 

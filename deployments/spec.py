@@ -28,6 +28,7 @@ class DeploymentSpec:
     schedules: list[dict[str, Any]] = field(default_factory=list)
     concurrency_limit: dict[str, Any] | int | None = None
     work_pool: str | None = None
+    triggers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def flow_file(self) -> Path:
@@ -46,6 +47,15 @@ class DeploymentSpec:
             else:
                 raise ValueError(f"deployment {self.name}: unsupported schedule {s}")
         return out
+
+    def trigger_objects(self) -> list[Any]:
+        """The deployment triggers (automations that start a run of this deployment)."""
+        from prefect.events import DeploymentTriggerTypes
+        from pydantic import TypeAdapter
+
+        adapter = TypeAdapter(DeploymentTriggerTypes)
+        return [adapter.validate_python({"name": f"{self.name}__automation_{i}", **t})
+                for i, t in enumerate(self.triggers, start=1)]
 
     def concurrency_object(self) -> Any:
         if self.concurrency_limit is None or isinstance(self.concurrency_limit, int):
@@ -72,6 +82,7 @@ def load_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
             schedules=list(d.get("schedules") or []),
             concurrency_limit=d.get("concurrency_limit"),
             work_pool=(d.get("work_pool") or {}).get("name"),
+            triggers=list(d.get("triggers") or []),
         ))
     return specs
 

@@ -10,9 +10,40 @@ from __future__ import annotations
 import sys
 
 from flows.batch_cli import run_items_cli
-from flows.batch_runner import items_flow
+from flows.batch_runner import batch_flow, run_items_flow
+from flows.params import BatchId, CreateAdminId, Items, ItemsFile, Takeover, TaskName, TenantId
 
-add_friend = items_flow("add-friend", "add_friend", '``[{"account_id": ..., "friend_uid": ...}, ...]``')
+TASK_TYPE = "add_friend"
+
+
+@batch_flow("add-friend")
+async def add_friend(
+    tenant_id: TenantId = None,
+    items: Items = None,
+    task_name: TaskName = None,
+    create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None,
+    takeover: Takeover = False,
+    items_file: ItemsFile = None,
+):
+    """Send friend requests from accounts of one tenant (within the daily cap per account).
+
+    ``items``: ``[{"account_id": ..., "friend_uid": ...}, ...]``, one per account of the tenant.
+
+    ``items_file``: instead of ``items``, the path of a JSON or CSV file of items on the host
+    running the flow (a worker reads only under ``BATCH_ITEMS_DIR`` when that is set); its items
+    go to the detail rows and the batch row keeps their count.
+
+    ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
+    failed/cancelled one: only items still pending are processed. ``takeover`` also claims
+    a batch still marked running whose run is gone (its lease expired): the old owner is
+    fenced out.
+    """
+    return await run_items_flow(
+        TASK_TYPE, tenant_id=tenant_id, items=items, task_name=task_name,
+        create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
+        items_file=items_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,21 +1,46 @@
 """Shared command line for the batch flows: run one under Prefect's API, print a summary.
 
 Exit status: 0 when the batch finished (even with failed items), 1 when it failed or was
-cancelled, 2 when the request was refused (bad input, another batch active).
+cancelled, 2 when the request was refused (bad input, another batch active). A refusal is one
+line on stderr (``error: ...``), and nothing is written.
+
+Items files (``--items-file``, ``--account-ids-file``) are not sent as flow parameters
+(Prefect refuses parameters over 512 KiB): the run reads the file itself, so its path is passed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api"]
+__all__ = [
+    "OneLineParser", "base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api",
+    "refuse", "file_path",
+]
+
+# Prefect refuses flow-run parameters over 512 KiB; leave room for the other parameters.
+PARAMETERS_MAX_BYTES = 500_000
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``error: ...``, exit 2), like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        refuse(f"{message} (see {self.prog} --help)")
+        sys.exit(2)
+
+
+def refuse(message: str) -> int:
+    """Print a refusal as one line on stderr; returns exit status 2."""
+    print("error: " + " ".join(str(message).split())[:500], file=sys.stderr)
+    return 2
 
 
 def quiet_prefect() -> None:
@@ -35,11 +60,11 @@ def id_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text[:60]!r}") from None
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("--tenant-id", type=int, help="tenant whose accounts are processed")
     parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="claim or resume this batch id")
     parser.add_argument("--task-name", help="name shown in the admin panel")
@@ -52,42 +77,115 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any]) -> int:
-    quiet_prefect()
+def _parameters_problem(parameters: dict[str, Any]) -> str | None:
+    """What Prefect's API or the mirror could not take, found before a flow run is created."""
+    from batchlib.errors import InvalidInput
+    from batchlib.task_data import check_value
+    from batchlib.validation import check_admin_id, check_task_name
+
     try:
-        state = asyncio.run(flow_fn(**parameters, return_state=True))
+        check_task_name(parameters.get("task_name"))
+        check_admin_id(parameters.get("create_admin_id", 0))
+        for name, value in parameters.items():
+            check_value(value, name.replace("_", " "))
+    except InvalidInput as exc:
+        return str(exc)
+    size = len(json.dumps(parameters, ensure_ascii=False).encode())
+    if size > PARAMETERS_MAX_BYTES:
+        return (f"the request is {size} bytes, more than a flow run's parameters may hold (512 KiB): "
+                "put the items in a file and pass --items-file / --account-ids-file")
+    return None
+
+
+def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
+    """A new batch's request checked here, read-only, as its run will check it first: a refusal
+    is then one line, with no flow run (and none of its log lines) at all."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from batchlib.batch_types import get_batch_type
+    from batchlib.errors import InvalidInput
+    from batchlib.settings import get_settings
+    from batchlib.task_data import items_from_file, validate_request
+    from db import get_engine, run_transaction
+
+    if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
+        return None  # a resume, or a request the run refuses in one line anyway
+    settings = get_settings()
+    batch_type = get_batch_type(task_type)
+    task_data = {k: parameters[k] for k in batch_type.inputs if parameters.get(k) is not None} or None
+    path = parameters.get("items_file") or parameters.get("account_ids_file")
+    try:
+        if path is not None:
+            task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, path)}
+        engine = get_engine(settings.database_url.get_secret_value())
+        run_transaction(engine, lambda s: validate_request(
+            s, batch_type, parameters["tenant_id"], task_data, settings,
+            task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
+        ))
+    except InvalidInput as exc:
+        return f"rejected: {exc}"
+    except (OperationalError, InterfaceError):
+        return None  # the run reports the database being down
+    return None
+
+
+def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: str | None = None) -> int:
+    """Run ``flow_fn`` with ``parameters``; with ``task_type``, a new batch's request is checked
+    before the flow run is created."""
+    problem = _parameters_problem(parameters) or (task_type and _request_problem(task_type, parameters))
+    if problem:
+        return refuse(problem)
+    from prefect import tags
+
+    quiet_prefect()
+    # The tags a deployment run gets from its deployment (and the maintenance flow adds), so
+    # the UI's tag filter `batch` finds runs started from this command line too.
+    labels = ["batch", flow_fn.name.replace("-", "_"), "cli"]
+    labels += [f"{k.split('_')[0]}-{parameters[k]}" for k in ("tenant_id", "batch_id") if parameters.get(k) is not None]
+    try:
+        with tags(*labels):
+            state = asyncio.run(flow_fn(**parameters, return_state=True))
     except Exception as exc:  # the run could not even start (API unreachable, parameters refused)
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        print(f"error: could not start the flow run: {type(exc).__name__}: {first_line}", file=sys.stderr)
-        return 2
+        return refuse(f"could not start the flow run: {type(exc).__name__}: {first_line}")
     drain_ephemeral_api()
-    message = state.message or state.type.value
+    message = " ".join((state.message or state.type.value).split())
     if state.is_completed():
         print(message)
         return 0
-    print(f"error: {message}" if message.startswith("rejected:") else message, file=sys.stderr)
-    return 2 if message.startswith("rejected:") else 1
+    if message.startswith(("rejected:", "Validation of flow parameters failed")):
+        return refuse(message)
+    print(message, file=sys.stderr)
+    return 1
 
 
-def _items_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any] | None:
-    import json
+def file_path(parser: argparse.ArgumentParser, path: str | None) -> str | None:
+    """An items file given on the command line, as the absolute path the run reads."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        parser.error(f"no such file: {path}")
+    return os.path.abspath(path)
 
-    if args.items is None and args.items_file is None:
+
+def _inline_items(parser: argparse.ArgumentParser, text: str | None) -> list[Any] | None:
+    """``--items`` JSON: a list of objects (or a whole ``{"items": [...]}`` task_data)."""
+    from batchlib.errors import InvalidInput
+    from batchlib.task_data import ITEMS_FILE_MAX_BYTES, decode_json
+
+    if text is None:
         return None
     try:
-        if args.items_file is not None:
-            with open(args.items_file, encoding="utf-8") as fh:
-                value = json.load(fh)
-        else:
-            value = json.loads(args.items)
-    except OSError as exc:
-        parser.error(f"cannot read {args.items_file}: {exc.strerror}")
-    except ValueError as exc:
-        parser.error(f"items are not valid JSON: {exc}")
-    if isinstance(value, dict) and "items" in value:  # a whole task_data object is fine too
+        value = decode_json(text, what="--items", max_bytes=ITEMS_FILE_MAX_BYTES)
+    except InvalidInput as exc:
+        parser.error(str(exc))
+    if isinstance(value, dict) and set(value) == {"items"}:  # a whole task_data object is fine too
         value = value["items"]
     if not isinstance(value, list):
-        parser.error("items must be a JSON list of objects")
+        parser.error("--items must be a JSON list of objects")
+    bad = next((n for n, item in enumerate(value) if not isinstance(item, dict)), None)
+    if bad is not None:
+        parser.error(f"--items: item {bad} must be an object, got {type(value[bad]).__name__}")
     return value
 
 
@@ -96,11 +194,15 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
     parser = base_parser(prog, doc.strip().splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--items", help='the items as JSON, e.g. \'[{"account_id": 1, ...}]\'')
-    source.add_argument("--items-file", metavar="PATH", help="a JSON file holding the items list")
+    source.add_argument("--items-file", metavar="PATH",
+                        help="a JSON list of item objects, or a CSV file with a header line (any number of items)")
     args = parser.parse_args(argv)
     if args.resume is None and (args.tenant_id is None or (args.items is None and args.items_file is None)):
         parser.error("give --tenant-id with --items or --items-file, or --resume BATCH_ID")
-    return run_cli(flow_fn, {
-        "tenant_id": args.tenant_id, "items": _items_from_args(parser, args), "task_name": args.task_name,
+    parameters = {
+        "tenant_id": args.tenant_id, "items": _inline_items(parser, args.items), "task_name": args.task_name,
         "create_admin_id": args.admin_id, "batch_id": args.resume, "takeover": args.takeover,
-    })
+    }
+    if args.items_file is not None:
+        parameters["items_file"] = file_path(parser, args.items_file)
+    return run_cli(flow_fn, parameters, getattr(flow_fn, "fn", flow_fn).__name__)  # items_flow: named by type

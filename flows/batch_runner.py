@@ -12,6 +12,7 @@ the mirror still gets one detail row per item.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,20 +23,31 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import BatchError, DatabaseUnavailable, LockLost, PlatformError, StaleFence
+from batchlib.errors import (
+    BatchCancelled,
+    BatchError,
+    DatabaseUnavailable,
+    InvalidItems,
+    LockLost,
+    PlatformError,
+    StaleFence,
+)
 from batchlib.item_context import ItemContext
+from batchlib.limiter import ResizableLimiter
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
 from batchlib.settings import Settings, get_settings
+from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
-from flows.params import BatchId, CreateAdminId, Items, Takeover, TaskName, TenantId, document_parameters
+from flows.params import document_parameters
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
+from tasks.limits import LimitFollower
 from tasks.run_ui import BatchArtifacts, tag_run, task_failure
 
 __all__ = [
-    "BatchSummary", "run_batch", "run_batch_flow", "batch_flow", "items_flow", "batch_run_name",
+    "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name",
 ]
 
 PAGE = 5000
@@ -87,31 +99,14 @@ def batch_flow(name: str):
     return lambda fn: decorate(document_parameters(fn))
 
 
-def items_flow(name: str, task_type: str, item_doc: str):
-    """The flow of a type whose input is a list of items (``task_data = {"items": [...]}``)."""
+async def run_items_flow(task_type: str, *, items: list[dict[str, Any]] | None, **request: Any) -> State:
+    """Flow body of a type whose input is a list of items (``task_data = {"items": [...]}``).
 
-    async def run(
-        tenant_id: TenantId = None,
-        items: Items = None,
-        task_name: TaskName = None,
-        create_admin_id: CreateAdminId = 0,
-        batch_id: BatchId = None,
-        takeover: Takeover = False,
-    ):
-        task_data = {"items": items} if items is not None else None
-        return await run_batch_flow(
-            task_type, tenant_id=tenant_id, task_data=task_data, task_name=task_name,
-            create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
-        )
-
-    run.__name__ = run.__qualname__ = task_type
-    run.__doc__ = (
-        f"``items``: {item_doc}, one per account of the tenant.\n\n"
-        "``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a\n"
-        "failed/cancelled one: only items still pending are processed. ``takeover`` also claims a\n"
-        "batch still marked running whose run is gone (its lease expired); the old owner is fenced out."
-    )
-    return batch_flow(name)(run)
+    Each such type defines its own ``@batch_flow`` function at module level (so a deployment's
+    entrypoint names that module) and calls this with its parameters.
+    """
+    task_data = {"items": items} if items is not None else None
+    return await run_batch_flow(task_type, task_data=task_data, **request)
 
 
 def batch_run_name(flow_name: str):
@@ -132,6 +127,10 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
     """Flow body shared by every batch type: a summary, or a readable failed/cancelled state."""
     try:
         summary = await run_batch(task_type, **request)
+    except BatchCancelled as exc:
+        # The admin panel cancelled or deleted the row after the dispatcher started this run.
+        get_run_logger().warning("not started: %s", exc)
+        return Cancelled(message=f"rejected: {exc}")
     except (StaleFence, LockLost, DatabaseUnavailable) as exc:
         # Another run owns the batch now (everything we would still write is fenced out), or
         # the database stayed down past the outage budget (the reaper and a resume finish it).
@@ -158,11 +157,18 @@ async def run_batch(
     create_admin_id: int = 0,
     batch_id: int | None = None,
     takeover: bool = False,
+    items_file: str | None = None,
 ) -> BatchSummary:
     started = time.monotonic()
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     flow_run_id = _flow_run_id()
+    source = None
+    if items_file is not None:
+        if batch_id is not None or task_data is not None:
+            raise InvalidItems("give the items inline, in a file, or as a batch id: one of them")
+        task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, items_file)}
+        source = f"file:{os.path.basename(items_file)}"
     if batch_id is not None:
         row = _accepted(describe_batch(batch_id, task_type))
         if tenant_id is not None and tenant_id != row.tenant_id:
@@ -184,7 +190,7 @@ async def run_batch(
             task_type, tenant_id, task_data,
             task_name=task_name or f"{batch_type.title} (tenant {tenant_id})",
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
-            collected=collected, collect_error=collect_error,
+            collected=collected, collect_error=collect_error, source=source,
         ))
         artifacts = BatchArtifacts(_engine(settings), opened.batch_id, task_type, tenant_id)
         if opened.error is not None:
@@ -197,6 +203,7 @@ async def run_batch(
                 settings, opened.batch_id, "closing the batch",
                 lambda: close_batch(opened.batch_id, opened.fence, status, reason),
             )
+            status = counts.pop("status", status)  # the admin panel's cancel has the last word
     summary = BatchSummary(
         opened.batch_id, tenant_id, task_type, status, counts["total"], counts["processed"],
         counts["success"], counts["failed"], counts["pending"], time.monotonic() - started, mode, reason,
@@ -233,12 +240,16 @@ async def _process(
         state = await asyncio.to_thread(run_transaction, engine, lambda s: batch_type.prepare(s, bare))
     async with _clients(batch_type, settings, token_store, tenant_id) as (platform, kubo):
         ctx = ItemContext(tenant_id, opened.batch_id, batch_type.name, settings, engine, platform, kubo, state)
-        limit = settings.concurrency_for(tenant_id, batch_type.name)
-        runtime = BatchRuntime(batch_type, ctx, mirror, asyncio.Semaphore(limit))
+        limits = LimitFollower(tenant_id, batch_type.name, settings, get_run_logger())
+        limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
+        runtime = BatchRuntime(batch_type, ctx, mirror, limits.limiter)
         # Taken over: stop starting items now, not at the watcher's next poll (a stale owner
         # woken from a pause made ~100 needless platform calls in tests/faults).
         mirror.on_stale = lambda: runtime.stop("taken over by another run")
+        # The admin panel's cancel (or soft delete): stop starting items as soon as a flush reads it.
+        mirror.on_cancel = lambda: _stop_cancelled(runtime, opened.batch_id, CANCELLED_BY_PANEL)
         register_runtime(runtime)
+        await mirror.check()  # a cancel that came between the claim and now: start nothing
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
         shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
@@ -247,13 +258,14 @@ async def _process(
             opened.batch_id, opened.pending, opened.total, mode, limit,
         )
         try:
-            await _feed(runtime, settings, token_store, chunked, limit)
+            await _feed(runtime, settings, token_store, chunked)
         finally:
             watcher.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
             await artifacts.stop_following(shower)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
+            await limits.close()
     if mirror.stale:
         raise StaleFence(opened.batch_id, opened.fence)
     if lease.lost:
@@ -300,16 +312,15 @@ class _clients:
             await client.__aexit__(None, None, None)
 
 
-async def _feed(
-    runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool, limit: int
-) -> None:
+async def _feed(runtime: BatchRuntime, settings: Settings, token_store: DbTokenStore, chunked: bool) -> None:
     """Page through pending items and hand them to task runs, never more than the limit at once."""
     from db import pending_items, run_transaction
 
     ctx = runtime.ctx
     in_flight: set[asyncio.Task] = set()
-    # Enough chunks in flight to keep every slot of the limit busy, and no more.
-    chunk_slots = asyncio.Semaphore(-(-limit // settings.chunk_size) + 1)
+    # Enough chunks in flight to keep every slot of the limit busy, and no more (the limit may
+    # change while the batch runs: the chunk slots follow it).
+    chunk_slots = ResizableLimiter(1)
     after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
     try:
         while not runtime.stopped:
@@ -341,6 +352,7 @@ async def _feed(
             if chunked:
                 for start in range(0, len(page), settings.chunk_size):
                     part = page[start : start + settings.chunk_size]
+                    chunk_slots.resize(-(-runtime.limit.size // settings.chunk_size) + 1)
                     await chunk_slots.acquire()
                     if runtime.stopped:
                         chunk_slots.release()
@@ -390,7 +402,7 @@ async def _patiently(
             await asyncio.sleep(min(1.0, settings.db_outage_budget_s / 4))
 
 
-def _spawn(in_flight: set[asyncio.Task], coro, slot: asyncio.Semaphore) -> None:
+def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
     job = asyncio.create_task(coro)
     in_flight.add(job)
 
@@ -445,8 +457,7 @@ async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: Opene
         elif mirror.stale:
             runtime.stop("taken over by another run")
         elif mirror.cancel_requested:
-            logger.warning("batch %s %s", opened.batch_id, CANCELLED_BY_PANEL)
-            runtime.stop("cancelled")
+            _stop_cancelled(runtime, opened.batch_id, CANCELLED_BY_PANEL)
         if mirror.error is not None:
             error_since = error_since or now
             if now - error_since > settings.db_outage_budget_s:
@@ -456,13 +467,19 @@ async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: Opene
         if flow_run_id and now - last_poll >= settings.cancel_poll_s:
             last_poll = now
             if not runtime.stopped and await _is_cancelling(flow_run_id):
-                logger.warning("batch %s %s", opened.batch_id, CANCELLED_FROM_PREFECT)
-                runtime.stop("cancelled")
+                _stop_cancelled(runtime, opened.batch_id, CANCELLED_FROM_PREFECT)
         if now - last_log >= settings.progress_log_s:
             last_log = now
             logger.info(
                 "batch %s progress: %s/%s recorded", opened.batch_id, mirror.stats.moved, opened.pending
             )
+
+
+def _stop_cancelled(runtime: BatchRuntime, batch_id: int, who: str) -> None:
+    """Stop the feed on a cancel, saying once in the run's log who cancelled."""
+    if not runtime.stopped:
+        get_run_logger().warning("batch %s %s", batch_id, who)
+    runtime.stop("cancelled")
 
 
 async def _is_cancelling(flow_run_id: str) -> bool:

@@ -1,12 +1,19 @@
 """dispatcher: start the batches the admin panel inserts as ``pending`` la_batch_task rows.
 
     python -m flows.dispatcher            # one pass
-    python -m flows.dispatcher --loop 60  # poll every 2 s for 60 s (what the deployment does)
+    python -m flows.dispatcher --loop 60  # poll every 2 s for 60 s (the maintenance flow does this, and reaps)
 
 Each pending row becomes one deployment run of its type, with parameters
 ``{batch_id, tenant_id}``; the run claims the row and owns it from then on. A row whose
-``task_type`` is unknown, or whose ``task_data`` is not a JSON object, is marked ``failed``
-with a readable ``error_message``.
+``task_type`` is unknown, or whose ``task_data`` cannot be read (not UTF-8 JSON, too large,
+nested too deep, not an object, keys its type does not take), is marked ``failed`` with a
+readable ``error_message``. Each row is judged alone: whatever one row holds, the pass goes on
+with the next.
+
+Rows queue per (tenant, type): a row is started only when no batch of its tenant and type
+is running (or still stopping after a cancel) and no older pending row of that key waits;
+until then it stays ``pending`` (counted "queued"). The database's unique key on running
+rows is the guarantee; this keeps the dispatcher from starting runs that could only be refused.
 
 Exactly one run per row, even when two dispatchers overlap: the dispatch is noted in the
 row's la_batch_run record (owner ``dispatcher:<attempt>``) and the flow run is created with
@@ -30,6 +37,7 @@ from tasks.maintenance import (
     dispatch_notes_for,
     fail_row,
     flow_run_ending,
+    key_holders,
     pending_rows,
     restart_batch_run,
     row_problem,
@@ -61,11 +69,18 @@ def dispatch_once(
     outcome: Counter = Counter()
     rows = pending_rows(limit)
     notes = dispatch_notes_for([r.batch_id for r in rows])
+    ahead = key_holders() if rows else {}  # (tenant, type) -> the batch the next row waits for
     now = int(time.time())
     for row in rows:
-        problem = row_problem(row, deployments)
+        try:
+            problem = row_problem(row, deployments)
+        except Exception as exc:  # a check that breaks on a row fails that row, not the pass
+            problem = f"invalid task_data: cannot be read ({type(exc).__name__})"
         if problem is not None:
             outcome["failed" if fail_row(row.batch_id, problem) else "claimed"] += 1
+            continue
+        if ahead.setdefault((row.tenant_id, row.task_type), row.batch_id) != row.batch_id:
+            outcome["queued"] += 1  # started once the batch ahead of it has ended
             continue
         deployment = deployments[row.task_type]
         note = notes.get(row.batch_id)

@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 __all__ = [
-    "AccountIds", "BatchId", "CreateAdminId", "Items", "ItemsFile", "Takeover", "TaskName", "TenantId",
+    "AccountIds", "AccountIdsFile", "BatchId", "CreateAdminId", "Items", "ItemsFile", "Takeover", "TaskName", "TenantId",
     "document_parameters",
 ]
 
@@ -29,6 +29,11 @@ TenantId = Annotated[int | None, Field(
 AccountIds = Annotated[list[int] | None, Field(
     description="Accounts to check (ids of the tenant's accounts). Empty: every active account of the tenant.",
     examples=[[700001, 700002, 700003]],
+)]
+AccountIdsFile = Annotated[str | None, Field(
+    description="Instead of account_ids: the path of a file of account ids (a JSON list, or one id per line) "
+                "on the host running the flow (a worker reads only under BATCH_ITEMS_DIR when that is set).",
+    examples=["accounts.txt"],
 )]
 Items = Annotated[list[dict[str, Any]] | None, Field(
     description="One object per account of the tenant, as the admin panel's task_data 'items'. "

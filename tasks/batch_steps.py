@@ -14,8 +14,24 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchlib.batch_types import get_batch_type
-from batchlib.errors import BatchError, BatchNotClaimable, InvalidInput, UnknownBatch, UnknownBatchType
+from batchlib.errors import (
+    BatchCancelled,
+    BatchError,
+    BatchNotClaimable,
+    InvalidInput,
+    InvalidItems,
+    UnknownBatch,
+    UnknownBatchType,
+)
 from batchlib.settings import get_settings
+from batchlib.task_data import (
+    decode_task_data,
+    fits_column,
+    staged_request,
+    summary,
+    unstaged_request,
+    validate_request,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,8 +63,11 @@ class Refusal:
 
     kind: str
     message: str
+    cancelled: tuple[int, str] | None = None  # (batch id, "cancelled"/"deleted") of a BatchCancelled
 
     def raise_(self) -> NoReturn:
+        if self.cancelled is not None:
+            raise BatchCancelled(*self.cancelled)
         raise BatchError(self.message)
 
 
@@ -57,6 +76,8 @@ def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refusal:
         try:
             return fn(*args, **kwargs)
+        except BatchCancelled as exc:
+            return Refusal(type(exc).__name__, str(exc), (exc.batch_id, exc.status))
         except BatchError as exc:
             return Refusal(type(exc).__name__, str(exc))
         except (OperationalError, InterfaceError) as exc:  # still unreachable after run_transaction's retries
@@ -92,21 +113,33 @@ class OpenedBatch:
 @task(name="describe-batch", cache_policy=NO_CACHE, persist_result=False)
 @refusals_as_values
 def describe_batch(batch_id: int, task_type: str) -> BatchRow:
-    """Read an existing batch row (admin panel insert, or one to resume); nothing is written."""
-    import json
+    """Read an existing batch row (admin panel insert, or one to resume).
 
+    A row the admin panel deleted, or cancelled before any run started it, is refused here
+    (BatchCancelled), before the lease or any collecting; the claim checks it again.
+
+    A pending row whose task_data cannot be read (see ``batchlib.task_data``) is marked failed
+    with the reason; nothing else is written.
+    """
     from db import get_batch
+    from db.maintenance import fail_pending
 
     row = _tx(lambda s: get_batch(s, batch_id))
-    if row is None or row.delete_time is not None:
+    if row is None:
         raise UnknownBatch(batch_id)
+    if row.delete_time is not None:
+        raise BatchCancelled(batch_id, "deleted")
+    if row.task_status == "cancelled" and row.start_time is None:
+        raise BatchCancelled(batch_id, "cancelled")
     if row.task_type != task_type:
         raise BatchNotClaimable(batch_id, row.task_status, f"it is a {row.task_type} batch, not {task_type}")
     try:
-        data = json.loads(row.task_data) if row.task_data else None
-    except ValueError:
-        data = None
-    return BatchRow(row.id, row.tenant_id, row.task_type, row.task_status, data if isinstance(data, dict) else None)
+        data = decode_task_data(row.task_data, get_batch_type(task_type))
+    except InvalidInput as exc:
+        reason = f"invalid task_data: {exc}"
+        _tx(lambda s: fail_pending(s, batch_id, reason))
+        raise InvalidItems(f"batch {batch_id}: {reason}") from None
+    return BatchRow(row.id, row.tenant_id, row.task_type, row.task_status, data)
 
 
 @task(name="open-batch", cache_policy=NO_CACHE, persist_result=False)
@@ -123,45 +156,70 @@ def open_batch(
     takeover: bool = False,
     collected: list[tuple[int, dict[str, Any] | None]] | None = None,
     collect_error: str | None = None,
+    source: str | None = None,
 ) -> OpenedBatch:
     """Validate, then create or claim the batch row and write its pending detail rows.
 
-    A new batch: validation errors write nothing. An existing row (admin panel, resume):
-    a row whose input is invalid is marked ``failed`` with a readable reason, then the error
-    is raised. ``collected`` items (from the type's ``collect``) replace what ``parse`` returns;
-    when collecting failed (``collect_error``), the valid request is recorded as a ``failed``
-    batch with that reason and no detail rows (a resume collects again).
+    A new batch: validation errors write nothing; its row's task_data is the request, or only
+    a summary (``{"items_count", "source"}``) when the items came from a file (``source``) or
+    would not fit the TEXT column; the items themselves are the detail rows. An existing row
+    (admin panel, staged, resume): a row whose input is invalid is marked ``failed`` with a
+    readable reason, then the error is raised. A pending row that already has detail rows was
+    staged (panel SQL, ``flows.stage_items``): those rows are its items, validated like any.
+    ``collected`` items (from the type's ``collect``) replace what ``parse`` returns; when
+    collecting failed (``collect_error``), the valid request is recorded as a ``failed`` batch
+    with that reason and no detail rows (a resume collects again).
     Detail rows are inserted in one transaction (multi-row INSERTs), so they are all there or none.
     """
-    from db import add_details, claim_batch, create_batch, recount, set_total
+    from db import add_details, claim_batch, create_batch, get_batch, recount, set_total, staged_details
+    from db.statuses import PENDING
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     owner = owner_name()
 
-    def has_details(session) -> bool:
-        return batch_id is not None and recount(session, batch_id).total > 0
+    def existing(session) -> tuple[bool, bool]:
+        """(has detail rows, is pending): a pending row with detail rows was staged."""
+        if batch_id is None or recount(session, batch_id).total == 0:
+            return False, False
+        row = get_batch(session, batch_id)
+        return True, row is not None and row.task_status == PENDING
 
-    resuming = _tx(has_details)
+    has_rows, staged = _tx(existing)
+    resuming = has_rows and not staged
     items = None
     if not resuming:
+        def validate(session) -> list:
+            if batch_id is None:
+                return validate_request(session, batch_type, tenant_id, task_data, settings,
+                                        task_name=task_name, create_admin_id=create_admin_id)
+            if staged:
+                request = staged_request(batch_type, task_data, staged_details(session, batch_id))
+            else:
+                request = unstaged_request(task_data)
+            return batch_type.parse(session, tenant_id, request, settings)
+
         try:
-            items = _tx(lambda s: batch_type.parse(s, tenant_id, task_data or {}, settings))
+            parsed = _tx(validate)
         except InvalidInput as exc:
             if batch_id is not None:
-                _fail_row(batch_id, owner, flow_run_id, f"invalid task_data: {exc}")
+                _fail_row(batch_id, owner, flow_run_id, f"invalid {'items' if staged else 'task_data'}: {exc}")
             raise
+        items = None if staged else parsed
         if collected is not None:
             items = collected
-        if not items and batch_type.collect is None:
+        if not staged and not items and batch_type.collect is None:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
+    stored = task_data
+    if items and (source is not None or not fits_column(task_data)):
+        stored = summary(len(items), source or "flow parameters")
 
     def claim(session):
         target = batch_id
         if target is None:
             target = create_batch(
                 session, tenant_id=tenant_id, task_type=task_type, task_name=task_name,
-                create_admin_id=create_admin_id, task_data=task_data,
+                create_admin_id=create_admin_id, task_data=stored,
             )
         return claim_batch(session, target, owner=owner, flow_run_id=flow_run_id, takeover=takeover)
 
@@ -197,9 +255,21 @@ def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -
 
 
 @task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
-def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, int]:
-    """Final state + counters from a recount (fenced: a run that lost the batch writes nothing)."""
-    return counts_dict(_finish(batch_id, fence, status, error_message))
+def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, Any]:
+    """Final state + counters from a recount (fenced: a run that lost the batch writes nothing).
+
+    Returns the counts and the ``status`` the row ended in: ``cancelled`` when the admin panel
+    cancelled or deleted it meanwhile, whatever was asked."""
+    from sqlalchemy import select
+
+    from db._util import TASK
+
+    def close(session) -> dict[str, Any]:
+        counts = finish_with_summary(session, batch_id, fence, status, error_message)
+        final = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one()
+        return {**counts_dict(counts), "status": final}
+
+    return _tx(close)
 
 
 def _finish(batch_id: int, fence: int, status: str, error_message: str | None = None):

@@ -17,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from batchlib.settings import get_settings
 
 __all__ = [
-    "PendingRow", "pending_rows", "row_problem", "dispatch_notes_for", "flow_run_ending",
+    "PendingRow", "pending_rows", "key_holders", "row_problem", "dispatch_notes_for", "flow_run_ending",
     "fail_row", "start_batch_run", "restart_batch_run",
     "running_batches_seen", "reap_gone_run", "reap_stale_batches", "prune_chunk", "start_tenant_run",
+    "awaiting_resume", "reserve_resumes", "resumes_reserved", "start_resume_run", "resume_run_lost",
+    "AUTO_RESUME_WINDOW_S", "LiveRun", "live_maintenance_runs",
 ]
 
 FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -57,22 +59,25 @@ def pending_rows(limit: int) -> list[PendingRow]:
     ])
 
 
+def key_holders() -> dict[tuple[int, str], int]:
+    """(tenant, type) -> the batch holding it (running, or stopping after a cancel)."""
+    from db.maintenance import key_holders as holders
+
+    return _tx(holders)
+
+
 def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
-    """Why a pending row cannot be started, in words for the admin panel; None when it can."""
-    import json
+    """Why a pending row cannot be started, in one line for the admin panel; None when it can.
+
+    Only the row itself is read (``batchlib.task_data``: size, nesting, JSON, the type's keys
+    and their types); the run checks the items against the database.
+    """
+    from batchlib.task_data import task_data_problem
 
     if row.task_type not in known_types:
         known = ", ".join(sorted(known_types)) or "none"
-        return f"unknown task_type {row.task_type!r}: this installation runs {known}"
-    if row.task_data is None or row.task_data.strip() == "":
-        return None  # no input: the batch type's defaults (e.g. every active account)
-    try:
-        data = json.loads(row.task_data)
-    except ValueError as exc:
-        return f"invalid task_data: not valid JSON ({exc.msg} at character {exc.pos})"
-    if data is not None and not isinstance(data, dict):  # JSON null: no input, as above
-        return f"invalid task_data: expected a JSON object, got {type(data).__name__}"
-    return None
+        return f"unknown task_type {str(row.task_type)[:60]!r}: this installation runs {known}"
+    return task_data_problem(row.task_type, row.task_data)
 
 
 def dispatch_notes_for(batch_ids: list[int]) -> dict[int, Any]:
@@ -110,16 +115,24 @@ def flow_run_ending(flow_run_id: str) -> str | None:
 
 
 def _start(deployment: str, row: PendingRow, attempt: int) -> str:
-    """Create the deployment run for one attempt (idempotent on the Prefect server)."""
+    """Create the deployment run for one dispatch attempt (idempotent on the Prefect server)."""
+    return _start_batch(deployment, row.batch_id, row.tenant_id,
+                        f"batch-{row.batch_id}-{row.create_time}-{attempt}", ["dispatched"])
+
+
+def _start_batch(deployment: str, batch_id: int, tenant_id: int, idempotency_key: str, tags: list[str]) -> str:
+    """A deployment run that claims (or resumes) one batch row; the server de-duplicates the key.
+
+    The deployment's own tags (``batch``, the type) are added by the server."""
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(
         deployment,
-        parameters={"batch_id": row.batch_id, "tenant_id": row.tenant_id},
+        parameters={"batch_id": batch_id, "tenant_id": tenant_id},
         timeout=0,
-        as_subflow=False,  # cancelling a dispatcher run must not cancel the batches it started
-        idempotency_key=f"batch-{row.batch_id}-{row.create_time}-{attempt}",
-        tags=["dispatched", f"tenant-{row.tenant_id}", f"batch-{row.batch_id}"],
+        as_subflow=False,  # cancelling a maintenance run must not cancel the batches it started
+        idempotency_key=idempotency_key,
+        tags=[*tags, f"tenant-{tenant_id}", f"batch-{batch_id}"],
     )
     return str(flow_run.id)
 
@@ -192,12 +205,13 @@ def _failed_summary(session, batch_id: int) -> str | None:
 
 @task(name="reap-gone-run", task_run_name="reap-batch-{batch_id}", cache_policy=NO_CACHE, persist_result=False)
 def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
-    """Fail a running batch whose flow run is over, unless someone re-claimed it (fenced)."""
+    """Close a batch whose flow run is over, unless someone re-claimed it (fenced): failed, or
+    cancelled when the admin panel cancelled or deleted it."""
     from db import mark_failed_unowned
 
     marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
-        get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
+        get_run_logger().warning("batch %s closed (its run is gone): %s", batch_id, reason)
     return marked
 
 
@@ -213,6 +227,104 @@ def reap_stale_batches(stale_after_s: int, reason: str) -> list[int]:
     for batch_id in reaped:
         get_run_logger().warning("batch %s marked failed: %s", batch_id, reason)
     return reaped
+
+
+# -- maintenance runs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRun:
+    id: str
+    created: str  # ISO time: orders stand-ins
+    stand_in: bool
+
+
+def live_maintenance_runs() -> list[LiveRun]:
+    """Running flow runs of the maintenance flow (an empty list when the API cannot be asked)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["maintenance"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.RUNNING]))),
+            )
+    except Exception as exc:
+        get_run_logger().warning("cannot list maintenance runs: %s", type(exc).__name__)
+        return []
+    return [LiveRun(str(r.id), r.created.isoformat() if r.created else "", bool(r.parameters.get("stand_in")))
+            for r in runs]
+
+
+# -- automatic resume ------------------------------------------------------------------
+
+AUTO_RESUME_WINDOW_S = 600  # only batches reaped this recently are resumed (not old ones when it is switched on)
+
+
+def awaiting_resume(window_s: int = AUTO_RESUME_WINDOW_S) -> bool:
+    """Whether the reaper failed a batch recently that no resume was reserved for yet."""
+    from db.maintenance import reaped_recently
+
+    return _tx(lambda s: reaped_recently(s, window_s=window_s))
+
+
+@task(name="reserve-auto-resumes", cache_policy=NO_CACHE, persist_result=False)
+def reserve_resumes(max_attempts: int, window_s: int = AUTO_RESUME_WINDOW_S) -> list[Any]:
+    """Reserve the next automatic resume of each recently reaped batch (one winner per attempt)."""
+    from db.maintenance import reserve_auto_resumes
+
+    reserved, gave_up = _tx(lambda s: reserve_auto_resumes(s, max_attempts=max_attempts, window_s=window_s))
+    for batch_id in gave_up:
+        get_run_logger().warning(
+            "batch %s stays failed: its %s automatic resumes are used up (resume it by hand)", batch_id, max_attempts
+        )
+    return reserved
+
+
+def resumes_reserved() -> list[Any]:
+    from db.maintenance import resumes_to_start
+
+    return _tx(resumes_to_start)
+
+
+@task(name="start-resume-run", task_run_name="auto-resume-batch-{resume.batch_id}-{resume.attempt}",
+      cache_policy=NO_CACHE, persist_result=False)
+def start_resume_run(resume: Any, deployment: str, max_attempts: int) -> str | None:
+    """Create the resume run of a reserved attempt and record it (overlapping callers: one run)."""
+    from db.maintenance import record_resume
+
+    key = f"auto-resume-{resume.batch_id}-{resume.create_time}-{resume.attempt}"
+    tags = ["auto-resume", f"auto-resume-{resume.attempt}"]
+    flow_run_id = _start_batch(deployment, resume.batch_id, resume.tenant_id, key, tags)
+    if not _tx(lambda s: record_resume(s, resume.batch_id, resume.attempt, flow_run_id)):
+        return None  # claimed (or handed back) meanwhile
+    get_run_logger().warning(
+        "batch %s (%s, tenant %s): auto-resume %s/%s, flow run %s of %s",
+        resume.batch_id, resume.task_type, resume.tenant_id, resume.attempt, max_attempts, flow_run_id, deployment,
+    )
+    return flow_run_id
+
+
+@task(name="resume-run-lost", task_run_name="resume-run-lost-{resume.batch_id}", cache_policy=NO_CACHE,
+      persist_result=False)
+def resume_run_lost(resume: Any, ending: str) -> bool:
+    """The resume run ended without claiming its batch: the next attempt may start."""
+    from db.maintenance import resume_lost
+
+    reason = f"auto-resume run {resume.flow_run_id} {ending} before claiming the batch"
+    lost = _tx(lambda s: resume_lost(s, resume, reason))
+    if lost:
+        get_run_logger().warning("batch %s: %s", resume.batch_id, reason)
+    return lost
 
 
 # -- prune -----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -80,10 +82,16 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def prefect_api(prefect_server):
-    """Flows in this process report to the session's real Prefect server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Flows in this process report to the session's real Prefect server, with its credential.
 
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+    Subprocesses that tests start from ``os.environ`` (CLI runs) get the credential too.
+    """
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_AUTH_STRING")
+    os.environ["PREFECT_API_AUTH_STRING"] = prefect_server.auth_string
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url,
+                             PREFECT_API_AUTH_STRING: prefect_server.auth_string}):
         yield
         # Send the logs and events still queued while the server is up; otherwise Prefect's
         # workers try at interpreter exit and print "All connection attempts failed".
@@ -92,6 +100,28 @@ def prefect_api(prefect_server):
 
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
+    if saved is None:
+        os.environ.pop("PREFECT_API_AUTH_STRING", None)
+    else:
+        os.environ["PREFECT_API_AUTH_STRING"] = saved
+
+
+def prefect_db_dump(prefect_server) -> str:
+    """Everything the server stored (flow and task runs, states, parameters, logs), as SQL text."""
+    from deployments.local_server import PG_URL
+
+    base = PG_URL.rsplit("/", 1)[0]
+    out = subprocess.run(["pg_dump", "--data-only", f"{base}/{prefect_server.db}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def auth_needles(auth_string: str | None) -> list[str]:
+    """The Prefect API credential in each form it travels: ``user:password``, the password, and
+    the base64 of a ``Basic`` header; searched for in logs and dumps like the token canaries."""
+    if not auth_string:
+        return []
+    return [auth_string, auth_string.split(":", 1)[1], base64.b64encode(auth_string.encode()).decode()]
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +138,40 @@ def settle(sim, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while sim.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+async def delete_batch_limits() -> None:
+    """Remove the ``batch:`` global concurrency limits runs created (they outlive a test and
+    would override the next test's BATCH_CONCURRENCY, which is only their default)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for limit in await client.read_global_concurrency_limits(limit=200):
+            if limit.name.startswith("batch:"):
+                await client.delete_global_concurrency_limit_by_name(limit.name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_batch_limits(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test that talks to the session's Prefect server starts without ``batch:`` limits."""
+    if "prefect_server" not in request.fixturenames:
+        yield
+        return
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if "prefect_api" in request.fixturenames:  # this process already talks to the server
+        request.getfixturevalue("prefect_api")
+        asyncio.run(delete_batch_limits())
+    else:
+        from prefect.settings import PREFECT_API_AUTH_STRING
+
+        server = request.getfixturevalue("prefect_server")
+        updates = {PREFECT_API_URL: server.api_url}
+        if getattr(server, "auth_string", None):  # a server behind basic authentication
+            updates[PREFECT_API_AUTH_STRING] = server.auth_string
+        with temporary_settings(updates):
+            asyncio.run(delete_batch_limits())
+    yield
+

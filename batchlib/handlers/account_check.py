@@ -49,4 +49,6 @@ def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: Ba
     )
 
 
-ACCOUNT_CHECK = register(BatchType(NAME, "Account liveness check", parse, handle, apply))
+ACCOUNT_CHECK = register(BatchType(
+    NAME, "Account liveness check", parse, handle, apply, inputs={"account_ids": list}, staged_as="account_ids",
+))

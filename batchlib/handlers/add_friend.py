@@ -106,4 +106,7 @@ def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: Ba
     log_friend_requests(session, scope.batch_id, answered("sent") + unlogged(session, answered("pending")), now)
 
 
-ADD_FRIEND = register(BatchType(NAME, "Add friends", parse, handle, apply, prepare=prepare))
+ADD_FRIEND = register(BatchType(
+    NAME, "Add friends", parse, handle, apply, prepare=prepare,
+    inputs={"items": list}, staged_as="items", item_keys=("account_id", "friend_uid"),
+))

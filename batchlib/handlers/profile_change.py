@@ -40,4 +40,6 @@ def profile_change_type(name: str, title: str, field: str, check: Callable[[Any]
         done = {o.item_id: o.result[field] for o in outcomes if o.status == "success" and o.result}
         set_profiles(session, field, done, now)
 
-    return register(BatchType(name, title, parse, handle, apply))
+    return register(BatchType(
+        name, title, parse, handle, apply, inputs={"items": list}, staged_as="items", item_keys=("account_id", field),
+    ))

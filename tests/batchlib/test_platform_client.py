@@ -319,7 +319,7 @@ def test_from_settings() -> None:
     settings = Settings(platform_url="http://sim.test:8900", http_max_retries=5, http_max_body_bytes=1234)
     client = PlatformClient.from_settings(settings, InMemoryTokenStore())
     assert client.max_retries == 5 and client.max_body_bytes == 1234
-    assert client.max_requests_per_call == 8
+    assert client.max_requests_per_call == 10
     asyncio.run(client.aclose())
 
 
@@ -341,3 +341,49 @@ def test_parse_retry_after_http_date() -> None:
 
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
+
+
+# -- tokens the admin system refreshes itself ---------------------------------------------
+OTHER_ACCESS, OTHER_REFRESH = "at_secret_access_0009", "rt_secret_refresh_0009"
+
+
+def test_a_refused_refresh_uses_the_pair_someone_else_stored_meanwhile() -> None:
+    h: Harness
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth/refresh":  # the panel spent the token a moment before us
+            h.store.put(1, OTHER_ACCESS, OTHER_REFRESH, version=9)
+            return error(400, "invalid_grant")
+        return ok() if request.headers["authorization"] == f"Bearer {OTHER_ACCESS}" else error(401, "invalid_token")
+
+    h = Harness(handler)
+    assert h.run(lambda c: c.get_me(1)).uid == ME["uid"]
+    assert h.paths() == ["/v1/me", "/v1/oauth/refresh", "/v1/me"]
+    assert h.store.get(1).refresh_token == OTHER_REFRESH
+
+
+def test_a_401_after_our_refresh_uses_a_pair_stored_since() -> None:
+    h: Harness
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth/refresh":
+            return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 60})
+        token = request.headers["authorization"]
+        if token == f"Bearer {NEW_ACCESS}":  # rotated again by the panel right after our refresh
+            h.store.put(1, OTHER_ACCESS, OTHER_REFRESH, version=9)
+        return ok() if token == f"Bearer {OTHER_ACCESS}" else error(401, "invalid_token")
+
+    h = Harness(handler)
+    assert h.run(lambda c: c.get_me(1)).uid == ME["uid"]
+    assert h.paths() == ["/v1/me", "/v1/oauth/refresh", "/v1/me", "/v1/me"]
+    assert h.client.attempts <= h.client.max_requests_per_call
+
+
+def test_a_refused_refresh_looks_for_a_stored_pair_about_a_second_then_fails() -> None:
+    from batchlib.platform_client import RELOAD_PAUSES
+
+    handler, counts = token_platform(error(400, "invalid_grant"))
+    h = Harness(handler)
+    with pytest.raises(TokenRefreshFailed):
+        h.run(lambda c: c.get_me(1))
+    assert counts["refresh"] == 1 and h.sleeps == list(RELOAD_PAUSES) and 0.5 <= sum(RELOAD_PAUSES) <= 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from db import (
@@ -49,12 +49,13 @@ def test_credentials_guarded_and_hidden(engine: Engine) -> None:
     _seed(engine)
     with Session(engine) as s, s.begin():
         creds = load_credentials(s, 1)
-        assert creds is not None and creds.access_token == SECRET and creds.token_version == 0
+        assert creds is not None and creds.access_token == SECRET and creds.platform_uid == "u1"
         assert SECRET not in repr(creds) and "r-SECRET" not in repr(creds)
         assert SECRET not in repr(s.get(Account, 1))
-        assert save_credentials(s, 1, "new-a", "new-r", 123, expected_version=0) == 1
-        assert save_credentials(s, 1, "late-a", "late-r", 456, expected_version=0) == 1  # lost the race
-        assert load_credentials(s, 1).access_token == "new-a"  # type: ignore[union-attr]
+        assert save_credentials(s, 1, "new-a", "new-r", 123, previous_refresh="r-SECRET")
+        assert not save_credentials(s, 1, "late-a", "late-r", 456, previous_refresh="r-SECRET")  # lost the race
+        stored = s.get(Account, 1)
+        assert stored is not None and (stored.access_token, stored.token_expires_at, stored.token_version) == ("new-a", 123, 1)
         assert load_credentials(s, 3) is None
 
 
@@ -77,6 +78,7 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
     import threading
 
     import db as db_module
+    from batchlib.platform_client import Credentials
     from batchlib.token_store import DbTokenStore
 
     _seed(mysql_engine)
@@ -95,11 +97,36 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
     async def race():
         page = asyncio.create_task(asyncio.to_thread(store.preload, [1]))
         await asyncio.to_thread(read_done.wait, 10)
-        refreshed = await store.save(1, 0, "at-new", "rt-new", 3600)
+        refreshed = await store.save(1, Credentials(SECRET, "r-SECRET", 1), "at-new", "rt-new", 3600)
         saved.set()
         await page
         return refreshed, await store.load(1)
 
     refreshed, cached = asyncio.run(race())
-    assert refreshed.version == 1 and refreshed.access_token == "at-new"
+    assert refreshed.access_token == "at-new"
     assert cached == refreshed  # before the fix: the late page read put version 0 back
+
+
+def test_token_store_save_keeps_a_pair_stored_by_someone_else(engine: Engine) -> None:
+    """Compare-and-set on the refresh token: when the row moved on since we read it (the admin
+    system refreshed), our pair is not written and the row's pair is what the store returns."""
+    import asyncio
+
+    from batchlib.token_store import DbTokenStore
+
+    _seed(engine)
+    store = DbTokenStore(engine)
+
+    async def scenario():
+        ours = await store.load(1)
+        with engine.begin() as conn:  # the panel's refresh lands first
+            conn.execute(text("UPDATE la_alt_account SET access_token='at-panel', refresh_token='rt-panel' WHERE id=1"))
+        kept = await store.save(1, ours, "at-ours", "rt-ours", 60)
+        again = await store.save(1, kept, "at-next", "rt-next", 60)  # refreshed from the panel's pair: stored
+        return ours, kept, again
+
+    ours, kept, again = asyncio.run(scenario())
+    assert (kept.access_token, kept.refresh_token) == ("at-panel", "rt-panel") and kept.version > ours.version
+    assert (again.access_token, again.refresh_token) == ("at-next", "rt-next") and again.version > kept.version
+    with Session(engine) as s:
+        assert s.get(Account, 1).refresh_token == "rt-next"  # type: ignore[union-attr]

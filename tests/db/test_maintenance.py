@@ -73,3 +73,55 @@ def test_pending_batches_in_id_order(engine: Engine) -> None:
     started_batch(engine, 1, tenant_id=4)
     with Session(engine) as s:
         assert [b.id for b in pending_batches(s, 2)] == ids[:2]
+
+
+def test_auto_resume_is_reserved_once_per_attempt_and_bounded(engine: Engine) -> None:
+    from db.maintenance import record_resume, reserve_auto_resumes, resume_lost, resumes_to_start
+
+    claim = started_batch(engine, 3)
+    reserve = lambda: run_transaction(  # noqa: E731
+        engine, lambda s: reserve_auto_resumes(s, max_attempts=2, window_s=600)
+    )
+    assert reserve() == ([], [])  # nothing reaped yet
+    assert run_transaction(engine, lambda s: mark_failed_unowned(s, claim.batch_id, claim.fence, "run gone; resume: x"))
+    (first,), gave_up = reserve()
+    assert (first.batch_id, first.attempt, first.flow_run_id, gave_up) == (claim.batch_id, 1, None, [])
+    assert reserve() == ([], [])  # an overlapping maintenance run reserves nothing more
+    with Session(engine) as s:
+        assert get_batch(s, claim.batch_id).error_message == "auto-resume 1/2 after: run gone"  # type: ignore[union-attr]
+    assert run_transaction(engine, lambda s: record_resume(s, claim.batch_id, 1, "fr-resume-1"))
+    (noted,) = run_transaction(engine, resumes_to_start)
+    assert (noted.attempt, noted.flow_run_id) == (1, "fr-resume-1")
+
+    # The resume run died before claiming: attempt 2, then no more.
+    assert run_transaction(engine, lambda s: resume_lost(s, noted, "resume run crashed"))
+    assert not run_transaction(engine, lambda s: resume_lost(s, noted, "again"))  # compare-and-set
+    (second,), _ = reserve()
+    assert second.attempt == 2
+    assert run_transaction(engine, lambda s: resume_lost(s, second, "resume run crashed again"))
+    assert reserve() == ([], [claim.batch_id])
+    assert reserve() == ([], [])
+    with Session(engine) as s:
+        batch = get_batch(s, claim.batch_id)
+        assert batch.task_status == "failed" and batch.error_message.startswith("no automatic resume left (2/2")  # type: ignore[union-attr]
+        assert s.scalar(select(RUN.c.auto_resumes).where(RUN.c.task_id == claim.batch_id)) == 2
+
+
+def test_resumed_batch_keeps_its_note_and_old_reaps_are_not_resumed(engine: Engine) -> None:
+    from db import claim_batch
+    from db.maintenance import reserve_auto_resumes
+
+    claim = started_batch(engine, 2, tenant_id=1)
+    old = started_batch(engine, 2, tenant_id=2)
+    assert run_transaction(engine, lambda s: mark_failed_unowned(s, claim.batch_id, claim.fence, "gone"))
+    assert run_transaction(engine, lambda s: mark_failed_unowned(s, old.batch_id, old.fence, "gone", now=1000))
+    (resume,), _ = run_transaction(engine, lambda s: reserve_auto_resumes(s, max_attempts=3, window_s=600))
+    assert resume.batch_id == claim.batch_id  # the one reaped long ago stays failed
+    again = run_transaction(engine, lambda s: claim_batch(s, claim.batch_id, owner="resume", flow_run_id="fr-2"))
+    assert again.fence == claim.fence + 2  # the reaper's bump, then this claim: the old owner is fenced out
+    with Session(engine) as s:
+        assert get_batch(s, claim.batch_id).error_message == "auto-resume 1/3 after: gone"  # type: ignore[union-attr]
+    run_transaction(engine, lambda s: finish_batch(s, claim.batch_id, again.fence, "completed"))
+    with Session(engine) as s:
+        batch = get_batch(s, claim.batch_id)
+        assert (batch.task_status, batch.error_message) == ("completed", "auto-resume 1/3 after: gone")  # type: ignore[union-attr]

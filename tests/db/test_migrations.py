@@ -11,11 +11,11 @@ from batchlib.errors import BatchAlreadyActive
 from db import run_transaction
 from db.ddl import ORIGINAL_DDL
 from db.engine import make_engine
-from db.migrate import current, upgrade
-from db.models import BatchTask, BatchTaskDetail, columns_of
+from db.migrate import current, head, upgrade
+from db.models import BatchRun, BatchTask, BatchTaskDetail, columns_of
 from tests.db.helpers import new_batch
 
-HEAD = "0005"
+HEAD = head()
 TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log"}
 
 
@@ -29,9 +29,10 @@ def test_upgrade_empty_database(any_db_url: str) -> None:
         insp = inspect(engine)
         assert TABLES <= set(insp.get_table_names())
         task_cols = [c["name"] for c in insp.get_columns("la_batch_task")]
-        extra = ["active_key"] if engine.dialect.name == "mysql" else []
+        extra = ["run_key"] if engine.dialect.name == "mysql" else []
         assert task_cols == columns_of(BatchTask) + extra
         assert [c["name"] for c in insp.get_columns("la_batch_task_detail")] == columns_of(BatchTaskDetail)
+        assert [c["name"] for c in insp.get_columns("la_batch_run")] == columns_of(BatchRun)
         detail_indexes = {i["name"]: i for i in insp.get_indexes("la_batch_task_detail")}
         assert detail_indexes["uq_detail_task_item"]["unique"]
         assert detail_indexes["idx_detail_task_status"]["column_names"] == ["task_id", "status"]
@@ -80,7 +81,7 @@ def test_upgrade_existing_installation_keeps_rows(mysql_url: str) -> None:
         (4, "pending", None),
     )
     assert details == ((3, 1), (3, 2))
-    assert "COMMENT '租户ID'" in create and "uq_task_active" in create
+    assert "COMMENT '租户ID'" in create and "uq_task_running" in create
     engine = make_engine(mysql_url)
     try:
         with pytest.raises(BatchAlreadyActive) as info:

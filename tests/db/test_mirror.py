@@ -135,6 +135,7 @@ def test_one_active_batch_per_tenant_and_type(engine: Engine) -> None:
         assert batch is not None and batch.error_message is not None and len(batch.error_message) == 2000
     replacement = new_batch(engine, tenant_id=7, task_type="add_friend")  # the slot is free again
     assert replacement > other_tenant
+    run_transaction(engine, lambda s: claim_batch(s, replacement, owner="a", flow_run_id=None))
     with Session(engine) as s, s.begin(), pytest.raises(BatchAlreadyActive) as info:
         claim_batch(s, first, owner="b", flow_run_id=None)  # resuming the failed one collides
     assert info.value.batch_id == replacement

@@ -1,15 +1,20 @@
 """The deployed system, end to end: the session's real Prefect server (deployments/local_server.py),
-``python -m deployments.bootstrap --deploy`` from prefect.yaml, a real ``prefect worker``
-subprocess, a MariaDB database, Redis and the platform simulator.
+``python -m deployments.bootstrap --deploy`` from prefect.yaml, two real ``prefect worker``
+subprocesses (each with its own checkout of the repository, as two hosts would have), a
+MariaDB database, Redis and the platform simulator.
 
 One deployment of everything per session (deploying costs seconds); each test uses its own
-tenants so the batches never meet. Schedules stay active (the dispatcher schedule is what
-picks up admin-panel rows) except nightly-check and prune, which tests start themselves.
+tenants so the batches never meet. Nothing else is started by hand: the server's scheduler
+creates the maintenance runs from the deployed schedule (they dispatch admin-panel rows and
+reap and resume dead batches). nightly-check and prune are paused; tests start them.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +39,10 @@ T = TypeVar("T")
 
 # Tenants and their accounts; each test owns some of them.
 TENANTS = {7: 60, 8: 40, 9: 300, 10: 300, 11: 5, 12: 5}
+KILL_TENANTS = (13, 14, 15, 16, 17, 18)  # the two-worker kill test seeds them itself: six tenants at once
+KILL_TENANT_CONCURRENCY = 3  # its batches run about a minute each, so all six run at once on a busy host
 POOL = "batch-pool"
+WORKER_LIMIT = 5  # flow runs per worker: six batches at once must spread over both workers
 
 
 def wait_for(check: Callable[[], T], timeout: float, interval: float = 0.25, what: str = "condition") -> T:
@@ -68,19 +76,21 @@ def descendants(pid: int) -> list[int]:
 
 
 class Worker:
-    """A ``prefect worker start --pool batch-pool`` subprocess in its own process group."""
+    """A ``prefect worker start --pool batch-pool`` subprocess in its own process group, run
+    from its own checkout (``BATCH_REPO_DIR``), as on a host of its own."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
+    def __init__(self, name: str, env: dict[str, str], repo_dir: Path, log_dir: Path) -> None:
+        self.name, self.repo_dir, self.log_dir = name, repo_dir, log_dir
+        self.env = {**env, "BATCH_REPO_DIR": str(repo_dir)}
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")
+        log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process",
-             "--name", f"e2e-worker-{self.starts}"],
+             "--name", self.name, "--limit", str(WORKER_LIMIT)],
             cwd=self.log_dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -114,8 +124,15 @@ class Worker:
                 self.kill()
         self.proc = None
 
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+    def log(self, tail: int = 4000) -> str:
+        return "\n".join(p.read_text(errors="replace")[-tail:] for p in sorted(self.log_dir.glob(f"{self.name}-*.log")))
+
+    def flow_run_ids(self) -> set[str]:
+        """Flow runs this worker started: every worker tries each run it sees, and all but the
+        one whose PENDING transition wins log "Aborted submission"."""
+        log = self.log(tail=10**8)
+        tried = set(re.findall(r"submitting flow run '([0-9a-f-]{36})'", log))
+        return tried - set(re.findall(r"Aborted submission of flow run '([0-9a-f-]{36})'", log))
 
 
 @dataclass
@@ -127,7 +144,9 @@ class Deployed:
     engine: Engine
     sim: PlatformSimulator
     worker: Worker
+    worker2: Worker
     tmp: Path
+    server_log: Path
     timings: dict[str, float] = field(default_factory=dict)
 
     # -- processes ---------------------------------------------------------------
@@ -141,7 +160,7 @@ class Deployed:
     def client(self):
         from prefect.client.orchestration import SyncPrefectClient
 
-        return SyncPrefectClient(api=self.api_url)
+        return SyncPrefectClient(api=self.api_url, auth_string=self.env.get("PREFECT_API_AUTH_STRING"))
 
     # -- the mirror --------------------------------------------------------------
     def sql(self, query: str, **params: Any) -> list[Any]:
@@ -212,8 +231,10 @@ def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPa
             "BATCH_PLATFORM_URL": sim.url,
             "BATCH_REPO_DIR": str(REPO_ROOT),
             "BATCH_CONCURRENCY": "10",
-            "BATCH_LOCK_TTL_S": "10",  # a SIGKILLed run's Redis lease is gone sooner (resume test)
+            "BATCH_CONCURRENCY_PER_TENANT": json.dumps({str(t): KILL_TENANT_CONCURRENCY for t in KILL_TENANTS}),
             "PREFECT_LOGGING_LEVEL": "INFO",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as docs/operations.md sets it on workers
+            "PREFECT_WORKER_QUERY_SECONDS": "5",  # docs/operations.md: halves the pick-up share of dispatch
         }
         boot = subprocess.run(
             [sys.executable, "-m", "deployments.bootstrap", "--deploy"],
@@ -222,25 +243,31 @@ def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPa
         assert boot.returncode == 0, boot.stdout[-3000:] + boot.stderr[-3000:]
         engine = make_engine(e2e_mysql_url)
         import_accounts(engine, sim.accounts())
-        worker = Worker(env, tmp)
-        system = Deployed(prefect_server.api_url, env, engine, sim, worker, tmp)
+        worker = Worker("e2e-worker-1", env, REPO_ROOT, tmp)
+        worker2 = Worker("e2e-worker-2", env, _second_checkout(tmp / "host2"), tmp)
+        system = Deployed(prefect_server.api_url, env, engine, sim, worker, worker2, tmp,
+                          prefect_server.home / "server.log")
         system.timings["bootstrap+deploy_s"] = time.monotonic() - started
         _pause_schedules(system, ["nightly-check/nightly-check", "prune/prune"])
         worker.start()
-        # The scheduler service creates the first scheduled runs within its 60 s loop; start a
-        # dispatcher now, as docs/operations.md tells an operator to after a first deploy.
-        kick = system.run("prefect", "deployment", "run", "dispatcher/dispatcher")
-        assert kick.returncode == 0, kick.stdout + kick.stderr
+        worker2.start()
         try:
             yield system
         finally:
             worker.stop()
+            worker2.stop()
             engine.dispose()
             client = redis.Redis.from_url(REDIS_URL)
             for key in client.scan_iter(match=f"{prefix}*"):
                 client.delete(key)
             client.close()
             print("\ne2e timings:", {k: round(v, 1) for k, v in system.timings.items()})
+
+
+def _second_checkout(path: Path) -> Path:
+    """A copy of the working tree (what a second host's checkout holds), without .git and caches."""
+    shutil.copytree(REPO_ROOT, path, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache"))
+    return path
 
 
 def _pause_schedules(system: Deployed, names: list[str]) -> None:
@@ -253,7 +280,8 @@ def _pause_schedules(system: Deployed, names: list[str]) -> None:
 
 @pytest.fixture
 def system(deployed: Deployed) -> Deployed:
-    """The deployed system with a live worker (a previous test may have killed it)."""
+    """The deployed system with both workers live (a previous test may have killed one)."""
     deployed.worker.ensure_running()
+    deployed.worker2.ensure_running()
     deployed.sim.configure(latency_ms=20)
     return deployed

@@ -2,6 +2,7 @@
 
 Every account is seeded with tokens that contain this test's canary (``CANARY-<hex>``), so a
 leak anywhere (logs, Prefect's database, Redis, the mirror tables) is found by a plain search.
+The session's Prefect API credential (``PREFECT_API_AUTH_STRING``) is searched for the same way.
 Faults that stop a server (MariaDB, Redis) use a private instance on a free port, so the
 shared servers other tests and engineers use never go down.
 """
@@ -31,9 +32,18 @@ from sqlalchemy import Engine, text
 from batchlib.seeding import import_accounts
 from batchlib.settings import get_settings
 from db import get_engine, upgrade
-from deployments.local_server import PG_URL, free_port
+from deployments.local_server import free_port
 from simulators.account_platform import PlatformSimulator
-from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, REDIS_URL, mysql_admin
+from tests.conftest import (
+    MYSQL_HOST,
+    MYSQL_PASSWORD,
+    MYSQL_PORT,
+    MYSQL_USER,
+    REDIS_URL,
+    auth_needles,
+    mysql_admin,
+    prefect_db_dump,
+)
 from tests.db.conftest import mysql_engine  # noqa: F401  (fixture re-export)
 from tests.flows.conftest import BatchEnv, _configure
 
@@ -222,13 +232,6 @@ def drain_prefect_logs() -> None:
     APILogWorker.drain_all(timeout=10)
 
 
-def _prefect_db_dump(prefect_server) -> str:
-    base = PG_URL.rsplit("/", 1)[0]
-    out = subprocess.run(["pg_dump", "--data-only", f"{base}/{prefect_server.db}"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout
-
-
 def _mysql_dump(env: FaultEnv) -> str:
     host, port = env.engine.url.host, env.engine.url.port or 3306
     out = subprocess.run(
@@ -260,32 +263,35 @@ class Leaks:
 
 
 def scan_for_tokens(env: FaultEnv, prefect_server, logs: AllLogs | None = None, *texts: str) -> Leaks:
-    """Count canaries and issued tokens in logs, Prefect's database, Redis and the mirror tables."""
+    """Count canaries, issued tokens and the Prefect credential in logs (ours and the server's),
+    Prefect's database, Redis and the mirror tables."""
     tokens = set(env.tokens)
     try:
         tokens.update(a[k] for a in env.sim.accounts() for k in ("access_token", "refresh_token"))
     except Exception:
         pass
+    needles = [env.canary, *auth_needles(prefect_server.auth_string)]
     sources = {
         "logs": logs.text if logs is not None else "",
-        "prefect database": _prefect_db_dump(prefect_server),
+        "prefect server log": (prefect_server.home / "server.log").read_text(errors="replace"),
+        "prefect database": prefect_db_dump(prefect_server),
         "redis": _redis_dump(env),
         "mirror tables": _mysql_dump(env),
         "process output": "\n".join(texts),
     }
     found, samples = {}, []
     for name, blob in sources.items():
-        hits = blob.count(env.canary) + sum(1 for m in TOKEN_RE.findall(blob) if m in tokens)
+        hits = sum(blob.count(n) for n in needles) + sum(1 for m in TOKEN_RE.findall(blob) if m in tokens)
         found[name] = hits
         if hits:
             samples += [f"{name}: {line[:300]}" for line in blob.splitlines()
-                        if env.canary in line or any(m in tokens for m in TOKEN_RE.findall(line))][:3]
+                        if any(n in line for n in needles) or any(m in tokens for m in TOKEN_RE.findall(line))][:3]
     return Leaks(found, samples)
 
 
 @pytest.fixture
 def leak_check(prefect_server, all_logs: AllLogs):
-    """``leak_check(env, *extra_texts)`` asserts 0 canary or issued token found anywhere."""
+    """``leak_check(env, *extra_texts)`` asserts 0 canary, issued token or Prefect credential found anywhere."""
 
     def check(env: FaultEnv, *texts: str) -> Leaks:
         drain_prefect_logs()  # every record this process logged is in Prefect's database before the dump

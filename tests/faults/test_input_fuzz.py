@@ -10,6 +10,9 @@ a handful of real flow runs check the same end to end.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -22,7 +25,7 @@ from batchlib.settings import get_settings
 from db import run_transaction
 from flows.account_check import account_check
 from tasks.batch_steps import Refusal, describe_batch, open_batch
-from tests.faults.conftest import FaultEnv, run
+from tests.faults.conftest import REPO, FaultEnv, run, subprocess_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -90,7 +93,10 @@ def test_fuzzed_flow_parameters_are_refused(fuzz_env: FaultEnv) -> None:
         assert_clear(str(caught.value))
         refusal = open_batch.fn("account_check", tenant_id, task_data, task_name="fuzz", create_admin_id=1,
                                 batch_id=None, flow_run_id=None)
-        assert isinstance(refusal, Refusal) and refusal.message == str(caught.value)
+        # The same refusal, or the shape check every request passes first (e.g. "must be a list").
+        assert isinstance(refusal, Refusal)
+        assert refusal.kind == "InvalidItems" or refusal.message == str(caught.value)
+        assert_clear(refusal.message)
         if isinstance(ids, list) and len(ids) > MAX:
             assert refusal.message == f"too many items: {len(ids)} (at most {MAX} per batch)"
         assert_nothing_written(fuzz_env)
@@ -171,8 +177,14 @@ def test_fuzzed_admin_rows_are_refused(fuzz_env: FaultEnv) -> None:
         ({"tenant_id": TENANT, "account_ids": list(range(1, 9001))}, "rejected: 9000 account id(s) are not active accounts of tenant 7"),
         ({"tenant_id": TENANT, "account_ids": OWN[:3] + FOREIGN[:1]}, "rejected: 1 account id(s) are not active"),
         ({"tenant_id": "abc"}, "Validation of flow parameters failed"),
+        ({"tenant_id": TENANT, "task_name": "x" * 256}, "rejected: task name is 256 characters long (at most 255)"),
+        ({"tenant_id": TENANT, "create_admin_id": 2**31}, "rejected: admin id must be between 0 and 2147483647"),
+        ({"tenant_id": TENANT, "create_admin_id": -1}, "rejected: admin id must be between 0 and 2147483647"),
+        ({"tenant_id": TENANT, "account_ids": [10**25]}, "rejected: task_data holds a number with more than 19 digits"),
+        ({"tenant_id": TENANT, "account_ids_file": "/etc/hostname"}, "rejected: the items file hostname: the first line"),
     ],
-    ids=["negative-tenant", "huge-tenant", "9000-unknown-ids", "foreign-account", "non-numeric-tenant"],
+    ids=["negative-tenant", "huge-tenant", "9000-unknown-ids", "foreign-account", "non-numeric-tenant",
+         "long-task-name", "admin-id-too-big", "negative-admin-id", "huge-account-id", "not-an-ids-file"],
 )
 def test_real_flow_runs_refuse_bad_parameters(fuzz_env: FaultEnv, params: dict, message: str, leak_check) -> None:
     """A real flow run per case: Failed with the reason, 0 rows written, 0 platform calls."""
@@ -183,18 +195,19 @@ def test_real_flow_runs_refuse_bad_parameters(fuzz_env: FaultEnv, params: dict, 
     leak_check(fuzz_env)
 
 
-def test_valid_ids_too_many_to_store_are_refused(fuzz_env: FaultEnv) -> None:
-    """10,000 valid ids of one tenant (under max_items, but ~70 KB of task_data, more than the
-    panel's TEXT column holds): refused with a clear reason, 0 rows written, 0 platform calls."""
+def test_valid_ids_beyond_the_task_data_column_are_accepted(fuzz_env: FaultEnv) -> None:
+    """10,000 valid ids of one tenant (~70 KB as task_data, more than the panel's TEXT column
+    holds): accepted; the ids are the detail rows and task_data keeps their summary."""
     ids = import_accounts(fuzz_env.engine, [
         {"uid": f"u9-{n:06d}", "tenant_id": 9, "access_token": "x", "refresh_token": "y"} for n in range(1, 10_001)
     ])
-    refusal = open_batch.fn("account_check", 9, {"account_ids": ids}, task_name="big", create_admin_id=1,
-                            batch_id=None, flow_run_id=None)
-    assert isinstance(refusal, Refusal) and refusal.kind == "InvalidItems"
-    assert refusal.message.startswith("the request is too large to store: task_data is 70017 bytes")
-    assert_clear(refusal.message)
-    assert_nothing_written(fuzz_env)
+    opened = open_batch.fn("account_check", 9, {"account_ids": ids}, task_name="big", create_admin_id=1,
+                           batch_id=None, flow_run_id=None)
+    assert not isinstance(opened, Refusal), opened
+    assert (opened.total, opened.pending) == (10_000, 10_000)
+    (task_data,) = fuzz_env.sql("SELECT task_data FROM la_batch_task WHERE id = :b", b=opened.batch_id)[0]
+    assert json.loads(task_data) == {"items_count": 10_000, "source": "flow parameters"}
+    assert fuzz_env.sim.stats()["total"] == 0
 
 
 def test_100001_ids_as_flow_parameters_are_refused_by_prefect(fuzz_env: FaultEnv) -> None:
@@ -205,3 +218,116 @@ def test_100001_ids_as_flow_parameters_are_refused_by_prefect(fuzz_env: FaultEnv
     with pytest.raises(PrefectHTTPStatusError, match="Flow run parameters must be less than 524,288 bytes"):
         run(account_check(tenant_id=TENANT, account_ids=list(range(1, MAX + 2)), return_state=True))
     assert_nothing_written(fuzz_env)
+
+
+# -- every entry point: one line, exit 2, nothing written ------------------------------------
+
+DEEP = "[" * 30_000 + "]" * 30_000
+GOOD = json.dumps([{"account_id": OWN[0], "nickname": "ok"}])
+
+
+def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+    deep_file, bad_utf8, ids_file = tmp / "deep.json", tmp / "latin1.csv", tmp / "ids.txt"
+    deep_file.write_text(DEEP)
+    bad_utf8.write_bytes("account_id,nickname\n700001,caf\xe9\n".encode("latin-1"))
+    ids_file.write_text("account_id\nabc\n")
+    nick = "flows.nickname_change"
+    items = ["--tenant-id", str(TENANT), "--items"]
+    return [
+        (nick, ["--tenant-id", "7", "--task-name", "x" * 256, "--items", GOOD], "task name is 256 characters"),
+        (nick, ["--tenant-id", "7", "--admin-id", str(2**31), "--items", GOOD], "admin id must be between 0"),
+        (nick, ["--tenant-id", "7", "--admin-id", "-1", "--items", GOOD], "admin id must be between 0"),
+        (nick, ["--tenant-id", "7", "--admin-id", "abc", "--items", GOOD], "invalid int value"),
+        (nick, [*items, '[{"account_id": 700001, "nickname": "a\\u0000b"}]'], "NUL character"),
+        (nick, [*items, '[{"account_id": 700001, "nickname": "\\ud800"}]'], "lone surrogate U+D800"),
+        (nick, ["--tenant-id", "7", "--items-file", str(deep_file)], "nested more than 16 levels"),
+        (nick, ["--tenant-id", "7", "--items-file", str(bad_utf8)], "is not UTF-8 text"),
+        (nick, ["--tenant-id", "7", "--items-file", str(tmp / "missing.json")], "no such file"),
+        (nick, [*items, DEEP], "nested more than 16 levels"),
+        (nick, [*items, '["1"]'], "item 0 must be an object, got str"),
+        (nick, [*items, "[1]"], "item 0 must be an object, got int"),
+        (nick, [*items, '[{"account_id": ' + "9" * 40 + ', "nickname": "a"}]'], "40 digits"),
+        (nick, [*items, '[{"account_id": NaN, "nickname": "a"}]'], "NaN is not a number"),
+        (nick, [*items, '[{"account_id": 700001, "nickname": Infinity}]'], "Infinity is not a number"),
+        (nick, [*items, '[{"account_id": 1e400, "nickname": "a"}]'], "out of range"),
+        (nick, [*items, '[{"account_id": 700001, "nickanme": "a"}]'], "unknown key(s) 'nickanme'"),
+        ("flows.account_check", ["--tenant-id", "7", "--account-ids-file", str(ids_file)], "account id must be a positive"),
+        ("flows.account_check", ["--tenant-id", "7", "--account-ids", "1,x"], "expected comma-separated integer ids"),
+    ]
+
+
+def test_cli_refusals_are_one_line_and_write_nothing(fuzz_env: FaultEnv, tmp_path: Path) -> None:
+    """Each hostile command line, run as a user would: exit 2, one line on stderr naming the
+    problem, no traceback; afterwards 0 rows, 0 platform calls."""
+    env = subprocess_env()
+    for module, argv, reason in _cli_cases(tmp_path):
+        done = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        shown = f"{module} {' '.join(a[:40] for a in argv)}: {done.stderr[-1500:]}"
+        assert done.returncode == 2, shown
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, shown
+        assert reason in done.stderr and "Traceback" not in done.stderr, shown
+    assert_nothing_written(fuzz_env)
+
+
+def _hostile_items() -> st.SearchStrategy[str]:
+    """--items texts that are each wrong in at least one way (so no case may run a batch)."""
+    good_item = st.fixed_dictionaries({"account_id": st.sampled_from(OWN), "nickname": st.just("ok")})
+    bad_value = st.sampled_from([
+        "NaN", "-Infinity", "1e999", "9" * 25, '"\\u0000"', '"\\udfff"', '"a\\ud800b"', "[]", "{}", "null", "true",
+        '"' + "x" * 33 + '"', '"\\u200b"',
+    ])
+    bad_item = st.one_of(
+        st.tuples(st.sampled_from(["account_id", "nickname", "nick", "", "\\u0000"]), bad_value).map(
+            lambda kv: '{"account_id": 700001, "%s": %s}' % kv if kv[0] != "account_id" else '{"account_id": %s}' % kv[1]),
+        st.integers(min_value=17, max_value=40_000).map(lambda d: "[" * d + "]" * d),
+        st.sampled_from(['"1"', "1", "null", "[1]", "true", '{"account_id": "abc", "nickname": "a"}']),
+    )
+    return st.tuples(st.lists(good_item, max_size=3), bad_item, st.integers(min_value=0, max_value=3)).map(
+        lambda t: "[" + ", ".join([json.dumps(i) for i in t[0][: t[2]]] + [t[1]] + [json.dumps(i) for i in t[0][t[2]:]]) + "]"
+    )
+
+
+def test_fuzzed_cli_items_are_refused_in_one_line(fuzz_env: FaultEnv, capsys) -> None:
+    """60 hostile --items texts through the nickname CLI's main(), in this process: any exception
+    fails the test with its traceback; each must exit 2 with one line, 0 rows, 0 calls."""
+    from flows.nickname_change import main
+
+    @FUZZ
+    @given(_hostile_items())
+    @example("[" * 30_000 + "]" * 30_000)
+    @example('["1"]')
+    def check(text: str) -> None:
+        try:
+            code = main(["--tenant-id", str(TENANT), "--items", text])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (text[:200], err)
+        assert_nothing_written(fuzz_env)
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("task_data", "reason"),
+    [
+        (DEEP, "nested more than 16 levels"),
+        ('{"acount_ids": [700001]}', "unknown key(s) 'acount_ids'"),
+        ('{"account_ids": [700001], "note": "\\u0000"}', "NUL character"),
+        ('{"account_ids": [1e999]}', "out of range"),
+        ('{"items_count": 5}', "no detail rows are staged"),
+    ],
+)
+def test_admin_rows_started_by_batch_id_fail_alone(fuzz_env: FaultEnv, task_data: str, reason: str) -> None:
+    """A hostile panel row started directly (the UI's batch_id, no dispatcher): the run fails the
+    row with a one-line reason and writes nothing else; a good row of another tenant then runs."""
+    bad = fuzz_env.insert_pending(TENANT, "account_check", task_data)
+    state = run(account_check(batch_id=bad, return_state=True))
+    assert state.is_failed() and reason in state.message, state.message
+    row = fuzz_env.batch(bad)
+    assert row["task_status"] == "failed" and reason in row["error_message"], row["error_message"]
+    assert_clear(row["error_message"])
+    assert fuzz_env.sim.stats()["total"] == 0
+    good = fuzz_env.insert_pending(OTHER, "account_check", {"account_ids": FOREIGN[:2]})
+    assert run(account_check(batch_id=good, return_state=True)).is_completed()

@@ -107,19 +107,26 @@ def _configure(monkeypatch: pytest.MonkeyPatch, **env: object) -> None:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def batch_env(
-    prefect_api: None, mysql_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+def make_batch_env(
+    monkeypatch: pytest.MonkeyPatch, mysql_url: str, redis_url: str, redis_prefix: str, **settings: object
 ) -> Iterator[BatchEnv]:
-    upgrade(mysql_url)
+    """Settings (the test defaults plus ``settings``), migrations, a simulator: one test's world."""
     with PlatformSimulator(latency_ms=5) as sim:
         _configure(
             monkeypatch, database_url=mysql_url, redis_url=redis_url, redis_key_prefix=redis_prefix,
             platform_url=sim.url, concurrency=20, flush_interval_s=0.2, cancel_poll_s=0.5,
-            http_backoff_base_s=0.01, http_backoff_max_s=0.05,
+            http_backoff_base_s=0.01, http_backoff_max_s=0.05, **settings,
         )
+        upgrade(mysql_url)
         yield BatchEnv(mysql_url, get_engine(mysql_url), sim, redis_prefix)
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def batch_env(
+    prefect_api: None, mysql_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BatchEnv]:
+    yield from make_batch_env(monkeypatch, mysql_url, redis_url, redis_prefix)
 
 
 @pytest.fixture

@@ -16,10 +16,17 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
 from batchlib.outcomes import ItemOutcome
-from db import add_details, claim_batch, create_batch, record_outcomes, run_transaction
+from db import (
+    add_details,
+    claim_batch,
+    create_batch,
+    finish_batch,
+    record_outcomes,
+    run_transaction,
+)
 from flows.dispatcher import DEPLOYMENTS, dispatch_once
 from flows.prune import prune
-from flows.reaper import reaper
+from flows.reaper import reap_once, reaper
 from tasks.hooks import close_owned_batches
 from tasks.maintenance import PendingRow, row_problem
 
@@ -35,8 +42,13 @@ from tasks.maintenance import PendingRow, row_problem
         ("account_check", "null", None),
         ("teleport", "{}", "unknown task_type 'teleport'"),
         ("account_check", "{account_ids: [1", "not valid JSON"),
-        ("account_check", "[1,2]", "expected a JSON object, got list"),
-        ("account_check", '"text"', "expected a JSON object, got str"),
+        ("account_check", "[1,2]", "must be a JSON object, got list"),
+        ("account_check", '"text"', "must be a JSON object, got string"),
+        ("account_check", '{"acount_ids": [1]}', "unknown key(s) 'acount_ids' in task_data"),
+        ("account_check", "[" * 30_000 + "]" * 30_000, "nested more than 16 levels deep"),
+        ("account_check", '{"account_ids": [NaN]}', "NaN is not a number"),
+        ("nickname_change", '{"items": {"account_id": 1}}', "task_data items must be a list, got object"),
+        ("account_check", '{"account_ids": [' + "1," * 40_000 + "1]}", "bytes (at most 65535)"),
     ],
 )
 def test_row_problem(task_type: str, task_data: str | None, problem: str | None) -> None:
@@ -139,6 +151,41 @@ def test_unstartable_rows_fail_with_a_readable_message(batch_env, unit_deploymen
         assert not _runs_of(batch_id, unit_deployment)
 
 
+def test_rows_queue_per_tenant_and_type(batch_env, unit_deployment) -> None:
+    """A row waits while its (tenant, type) runs and behind older rows of that key; other keys go on."""
+    batch_env.seed({7: 3, 8: 3})
+    running = run_transaction(batch_env.engine, lambda s: claim_batch(
+        s, create_batch(s, tenant_id=7, task_type="account_check", task_name="t", create_admin_id=0, task_data=None),
+        owner="vm:1", flow_run_id=None,
+    ))
+    first, second = (batch_env.insert_pending(7, "account_check", {}) for _ in range(2))
+    other = batch_env.insert_pending(8, "account_check", {})
+    assert _dispatch_pass(unit_deployment) == {"queued": 2, "started": 1}
+    assert len(_runs_of(other, unit_deployment)) == 1 and not _runs_of(first, unit_deployment)
+    run_transaction(batch_env.engine, lambda s: finish_batch(s, running.batch_id, running.fence, "completed"))
+    assert _dispatch_pass(unit_deployment) == {"queued": 1, "started": 1, "waiting": 1}
+    assert len(_runs_of(first, unit_deployment)) == 1 and not _runs_of(second, unit_deployment)
+
+
+def test_a_poison_row_fails_alone_and_the_pass_goes_on(batch_env, unit_deployment) -> None:
+    """A row nested 30,000 levels deep (60 KB: fits the TEXT column), one with a misspelt key,
+    then a good row inserted after them: the bad ones fail with a one-line reason, the good one
+    is dispatched in the same pass."""
+    batch_env.seed({7: 3, 8: 3, 9: 3})
+    deep = batch_env.insert_pending(7, "account_check", "[" * 30_000 + "]" * 30_000)
+    misspelt = batch_env.insert_pending(8, "account_check", {"acount_ids": [800001]})
+    good = batch_env.insert_pending(9, "account_check", {"account_ids": [900001]})
+
+    assert _dispatch_pass(unit_deployment) == {"failed": 2, "started": 1}
+
+    for batch_id, words in ((deep, "nested more than 16 levels deep"), (misspelt, "unknown key(s) 'acount_ids'")):
+        row = batch_env.batch(batch_id)
+        assert row["task_status"] == "failed" and words in row["error_message"], row["error_message"]
+        assert "\n" not in row["error_message"] and not _runs_of(batch_id, unit_deployment)
+    (run,) = _runs_of(good, unit_deployment)
+    assert run.parameters == {"batch_id": good, "tenant_id": 9}
+
+
 # -- reaper ----------------------------------------------------------------------------
 
 
@@ -183,7 +230,7 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
     running_silent = _running_batch(batch_env, 5, _flow_run(Running()), silent_s=500)
     healthy = _running_batch(batch_env, 6, _flow_run(Running()), silent_s=0)
 
-    result = reaper()
+    result = reaper(auto_resume_max=0)
 
     assert sorted(result["gone"]) == sorted([crashed_quiet, missing_quiet])
     assert result["stale"] == [running_silent]
@@ -200,7 +247,43 @@ def test_reaper_fails_gone_and_silent_runs_and_spares_live_ones(batch_env) -> No
     for batch_id in (crashed_quiet, missing_quiet, running_silent):
         batch_env.assert_consistent(batch_id)
         assert _note(batch_env, batch_id).fence == 2  # the dead owner is fenced out
-    assert reaper() == {"gone": [], "stale": []}
+    assert reaper(auto_resume_max=0) == {"gone": [], "stale": [], "resumed": []}
+
+
+@flow(name="reap-pass")
+def _reap_pass(deployments: dict[str, str], auto_resume_max: int) -> dict:
+    return reap_once(auto_resume_max=auto_resume_max, deployments=deployments)
+
+
+def test_a_dead_run_is_resumed_once_per_attempt_by_overlapping_maintenance(batch_env, unit_deployment) -> None:
+    dead = _running_batch(batch_env, 8, _flow_run(Crashed(message="SIGKILL")), silent_s=30)
+    first = _reap_pass(unit_deployment, 2)
+    assert (first["gone"], first["resumed"]) == ([dead], [dead])
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []  # an overlapping pass starts nothing more
+    (run,) = _runs_of(dead, unit_deployment)
+    assert {"auto-resume", "auto-resume-1", "tenant-8", f"batch-{dead}"} <= set(run.tags)
+    assert run.parameters == {"batch_id": dead, "tenant_id": 8}
+    row = batch_env.batch(dead)
+    assert row["task_status"] == "failed" and row["error_message"].startswith("auto-resume 1/2 after: flow run ")
+    assert "resume: prefect" not in row["error_message"]
+    assert _note(batch_env, dead).owner == "auto-resume:1" and _note(batch_env, dead).flow_run_id == str(run.id)
+
+    # The resume run never claims the batch (nobody polls its pool): once it ended, attempt 2, then none.
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Crashed(message="its worker died too"), force=True)
+    batch_env.sql("UPDATE la_batch_run SET update_time = update_time - 120 WHERE task_id = :id", id=dead)
+    assert _reap_pass(unit_deployment, 2)["resumed"] == [dead]
+    assert batch_env.batch(dead)["error_message"].startswith("auto-resume 2/2 after: auto-resume run ")
+    second = [r for r in _runs_of(dead, unit_deployment) if r.id != run.id]
+    assert len(second) == 1 and "auto-resume-2" in second[0].tags
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(second[0].id, Crashed(), force=True)
+    batch_env.sql("UPDATE la_batch_run SET update_time = update_time - 120 WHERE task_id = :id", id=dead)
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []
+    assert _reap_pass(unit_deployment, 2)["resumed"] == []
+    row = batch_env.batch(dead)
+    assert row["task_status"] == "failed" and row["error_message"].startswith("no automatic resume left (2/2 used)")
+    assert len(_runs_of(dead, unit_deployment)) == 2
 
 
 def _pin_sync_with_a_failed_pin(batch_env, tenant_id: int, flow_run_id: str, silent_s: int) -> int:
@@ -223,7 +306,7 @@ def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending:
     batch_id = _pin_sync_with_a_failed_pin(batch_env, 7, flow_run_id, silent_s)
 
     if ending.startswith("reaper"):
-        result = reaper()
+        result = reaper(auto_resume_max=0)
         assert batch_id in result["gone"] + result["stale"]
     else:
         assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
@@ -232,6 +315,21 @@ def test_a_batch_failed_outside_its_run_gets_its_type_summary(batch_env, ending:
     assert row["task_status"] == "failed"
     assert row["error_message"].endswith("; 1 pin(s) failed; first 1: bafyone: not pinned: bafyone")
     assert (row["processed_count"], row["success_count"], row["failed_count"]) == (2, 1, 1)
+    batch_env.assert_consistent(batch_id)
+
+
+def test_hooks_close_a_batch_the_panel_cancelled_as_cancelled(batch_env) -> None:
+    """A crashed run's hook asks for 'failed'; the panel's cancel has the last word."""
+    flow_run_id = _flow_run(Running())
+    batch_id = _running_batch(batch_env, 7, flow_run_id, silent_s=0,
+                              fill=lambda s, b, f: add_details(s, b, f, [(1, None), (2, None)]))
+    batch_env.sql("UPDATE la_batch_task SET task_status='cancelled' WHERE id=:id", id=batch_id)
+    assert close_owned_batches(flow_run_id, "failed", "flow run crashed: boom") == [batch_id]
+    row = batch_env.batch(batch_id)
+    assert row["task_status"] == "cancelled" and row["end_time"]
+    assert row["error_message"] == (
+        "cancelled: 2 of 2 items not processed (their detail rows stay pending); flow run crashed: boom"
+    )
     batch_env.assert_consistent(batch_id)
 
 

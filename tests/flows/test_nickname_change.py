@@ -153,4 +153,5 @@ def test_cli_items_file_and_one_line_errors(batch_env: BatchEnv, tmp_path) -> No
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: rejected: 1 invalid item(s): item 0 (account 700002)")
     usage = cli("--tenant-id", "7", "--items", "[not json")
-    assert usage.returncode == 2 and "items are not valid JSON" in usage.stderr
+    assert usage.returncode == 2 and usage.stderr.startswith("error: --items is not valid JSON")
+    assert bad.stderr.count("\n") == usage.stderr.count("\n") == 1  # one line each

@@ -175,7 +175,7 @@ def test_admin_panel_row_with_task_data_is_marked_failed(batch_env: BatchEnv, ku
 
     assert state.is_failed()
     row = batch_env.batch(batch_id)
-    assert row["task_status"] == "failed" and "pin_sync takes no task_data" in row["error_message"]
+    assert row["task_status"] == "failed" and "unknown key(s) 'node' in task_data: pin_sync takes no keys" in row["error_message"]
     assert kubo.calls()["by_endpoint"].get("files/stat", 0) == 0
 
 

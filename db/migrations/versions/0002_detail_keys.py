@@ -1,7 +1,8 @@
 """Details: unique (task_id, item_id) and index (task_id, status).
 
 Duplicate (task_id, item_id) rows from before would block the unique key; the later
-copies are deleted (the lowest id is kept) and their count is logged.
+copies are deleted (the lowest id is kept) and their count is logged. Re-runnable: each
+step is skipped when its result is there.
 
 Revision ID: 0002
 Revises: 0001
@@ -13,6 +14,8 @@ import logging
 
 import sqlalchemy as sa
 from alembic import op
+
+from db.schema_ops import create_index, drop_index, has_index
 
 revision = "0002"
 down_revision = "0001"
@@ -45,11 +48,12 @@ def _drop_duplicate_details() -> None:
 
 
 def upgrade() -> None:
-    _drop_duplicate_details()
-    op.create_index("uq_detail_task_item", "la_batch_task_detail", ["task_id", "item_id"], unique=True)
-    op.create_index("idx_detail_task_status", "la_batch_task_detail", ["task_id", "status"])
+    if not has_index("la_batch_task_detail", "uq_detail_task_item"):
+        _drop_duplicate_details()
+    create_index("uq_detail_task_item", "la_batch_task_detail", ["task_id", "item_id"], unique=True)
+    create_index("idx_detail_task_status", "la_batch_task_detail", ["task_id", "status"])
 
 
 def downgrade() -> None:
-    op.drop_index("idx_detail_task_status", table_name="la_batch_task_detail")
-    op.drop_index("uq_detail_task_item", table_name="la_batch_task_detail")
+    drop_index("idx_detail_task_status", "la_batch_task_detail")
+    drop_index("uq_detail_task_item", "la_batch_task_detail")

@@ -2,7 +2,7 @@
 
 MariaDB/MySQL: a VIRTUAL generated column ``active_key`` with a UNIQUE index (NULLs do not
 collide). SQLite: a partial unique index. Older active duplicates that already exist are
-marked failed first, so the index can be built.
+marked failed first, so the index can be built. Re-runnable: skipped once the key exists.
 
 Revision ID: 0004
 Revises: 0003
@@ -15,6 +15,8 @@ import time
 
 import sqlalchemy as sa
 from alembic import op
+
+from db.schema_ops import has_column, has_index
 
 revision = "0004"
 down_revision = "0003"
@@ -55,6 +57,10 @@ def _fail_older_duplicates() -> None:
 
 
 def upgrade() -> None:
+    if has_index("la_batch_task", "uq_task_active"):  # done by an earlier, interrupted run
+        return
+    if has_index("la_batch_task", "uq_task_running"):  # replaced by 0007's guard already (queued rows stay)
+        return
     _fail_older_duplicates()
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
@@ -62,11 +68,11 @@ def upgrade() -> None:
             f"WHERE {ACTIVE_SQL}"
         )
         return
-    op.execute(
-        "ALTER TABLE la_batch_task ADD COLUMN active_key varchar(64) AS "
+    column = "" if has_column("la_batch_task", "active_key") else (
+        "ADD COLUMN active_key varchar(64) AS "
         f"(IF({ACTIVE_SQL}, CONCAT(tenant_id, ':', task_type), NULL)) VIRTUAL, "
-        "ADD UNIQUE KEY uq_task_active (active_key)"
     )
+    op.execute(f"ALTER TABLE la_batch_task {column}ADD UNIQUE KEY uq_task_active (active_key)")
 
 
 def downgrade() -> None:

@@ -6,6 +6,8 @@
   add_friend batch logs each account's sent request at most once, so replaying a flush is
   harmless (INSERT IGNORE). Rows from elsewhere keep task_id NULL (NULLs never collide).
 
+Re-runnable: each table, column and index is created only if missing.
+
 Revision ID: 0005
 Revises: 0004
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from db.schema_ops import create_index, create_table, has_column
 
 revision = "0005"
 down_revision = "0004"
@@ -24,7 +28,7 @@ _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_table(
         "la_ipfs_pin",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("tenant_id", sa.Integer, nullable=False),
@@ -41,10 +45,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "cid", name="uq_pin_tenant_cid"),
         **_MYSQL,
     )
-    op.create_index("idx_pin_tenant_status", "la_ipfs_pin", ["tenant_id", "status"])
-    with op.batch_alter_table("la_friend_request_log") as batch:
-        batch.add_column(sa.Column("task_id", sa.Integer))
-    op.create_index("uq_frl_task_account", "la_friend_request_log", ["task_id", "account_id"], unique=True)
+    create_index("idx_pin_tenant_status", "la_ipfs_pin", ["tenant_id", "status"])
+    if not has_column("la_friend_request_log", "task_id"):
+        with op.batch_alter_table("la_friend_request_log") as batch:
+            batch.add_column(sa.Column("task_id", sa.Integer))
+    create_index("uq_frl_task_account", "la_friend_request_log", ["task_id", "account_id"], unique=True)
 
 
 def downgrade() -> None:
