@@ -81,23 +81,28 @@ def served(prefect_server, mysql_url: str, redis_prefix: str, tmp_path: Path) ->
             engine.dispose()
 
 
-def _deployment_id(api_url: str) -> str:
+def _deployment_id(server) -> str:
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(api=api_url) as client:
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
         try:
             return str(client.read_deployment_by_name("account-check/account-check").id)
         except Exception:
             return ""
 
 
-def _log_in_if_asked(page, server) -> None:
-    """Prefect's UI shows a login form when the server has basic auth (PREFECT_SERVER_API_AUTH_STRING)."""
-    password = page.locator("input[type=password]")
-    if password.count():
-        password.fill(getattr(server, "auth_string", ""))
-        page.keyboard.press("Enter")
+def _log_in_if_asked(page, server, url: str) -> None:
+    """Prefect's UI shows a login form (one ``user:password`` field) when the server has basic auth
+    (PREFECT_SERVER_API_AUTH_STRING); the UI keeps the credential, so ``url`` is opened again."""
+    from playwright.sync_api import expect
+
+    login = page.get_by_role("button", name="Login", exact=True)
+    expect(login.or_(page.get_by_role("button", name="Run", exact=True))).to_be_visible()
+    if login.is_visible():
+        page.get_by_placeholder("admin:pass").fill(server.auth_string or "")
+        login.click()
         page.wait_for_load_state("networkidle")
+        page.goto(url)
 
 
 def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
     started = time.monotonic()
     server = served["server"]
     ui = server.api_url.removesuffix("/api")
-    deployment_id = _wait(lambda: _deployment_id(server.api_url), 60, "the served deployment")
+    deployment_id = _wait(lambda: _deployment_id(server), 60, "the served deployment")
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
@@ -117,7 +122,7 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
         page.set_default_navigation_timeout(90_000)  # a fresh server serves its UI slowly on a busy machine
         try:
             page.goto(f"{ui}/deployments/deployment/{deployment_id}")
-            _log_in_if_asked(page, server)
+            _log_in_if_asked(page, server, f"{ui}/deployments/deployment/{deployment_id}")
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
             page.wait_for_url(re.compile(r"/run"))
@@ -133,8 +138,8 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
             page.screenshot(path=shots / "2-run-form-filled.png", full_page=True)
             page.get_by_role("button", name="Submit").click()
 
-            flow_run_id = _wait(lambda: _flow_run_of(server.api_url, deployment_id), 30, "the flow run")
-            final = _wait(lambda: _final_state(server.api_url, flow_run_id), 120, "the batch to finish")
+            flow_run_id = _wait(lambda: _flow_run_of(server, deployment_id), 30, "the flow run")
+            final = _wait(lambda: _final_state(server, flow_run_id), 120, "the batch to finish")
             assert final.is_completed(), final.message
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             page.wait_for_load_state("networkidle")
@@ -158,19 +163,19 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
     assert time.monotonic() - started < 180
 
 
-def _flow_run_of(api_url: str, deployment_id: str):
+def _flow_run_of(server, deployment_id: str):
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    with SyncPrefectClient(api=api_url) as client:
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
     return str(runs[0].id) if runs else None
 
 
-def _final_state(api_url: str, flow_run_id: str):
+def _final_state(server, flow_run_id: str):
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(api=api_url) as client:
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
         state = client.read_flow_run(flow_run_id).state
     return state if state and state.is_final() else None
 
