@@ -69,6 +69,7 @@ class PrefectServer:
             **self.env,
             "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg_host}/{self.db}",
             "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "PREFECT_UI_API_URL": self.api_url,  # the UI in a browser calls this port, not 4200
         }
         env.pop("PREFECT_API_URL")
         if self.auth_string is not None:

@@ -11,20 +11,30 @@ import sys
 
 from flows.batch_cli import base_parser, file_path, id_list, run_cli
 from flows.batch_runner import batch_flow, retry_request, run_batch_flow
+from flows.params import (
+    AccountIds,
+    AccountIdsFile,
+    BatchId,
+    CreateAdminId,
+    RetryFailedOf,
+    Takeover,
+    TaskName,
+    TenantId,
+)
 
 TASK_TYPE = "account_check"
 
 
 @batch_flow("account-check")
 async def account_check(
-    tenant_id: int | None = None,
-    account_ids: list[int] | None = None,
-    task_name: str | None = None,
-    create_admin_id: int = 0,
-    batch_id: int | None = None,
-    takeover: bool = False,
-    account_ids_file: str | None = None,
-    retry_failed_of: int | None = None,
+    tenant_id: TenantId = None,
+    account_ids: AccountIds = None,
+    task_name: TaskName = None,
+    create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None,
+    takeover: Takeover = False,
+    account_ids_file: AccountIdsFile = None,
+    retry_failed_of: RetryFailedOf = None,
 ):
     """Check accounts of one tenant (all active ones unless ``account_ids`` is given).
 

@@ -8,24 +8,24 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from flows.batch_cli import run_items_cli
 from flows.batch_runner import batch_flow, run_items_flow
+from flows.params import BatchId, CreateAdminId, Items, ItemsFile, RetryFailedOf, Takeover, TaskName, TenantId
 
 TASK_TYPE = "add_friend"
 
 
 @batch_flow("add-friend")
 async def add_friend(
-    tenant_id: int | None = None,
-    items: list[dict[str, Any]] | None = None,
-    task_name: str | None = None,
-    create_admin_id: int = 0,
-    batch_id: int | None = None,
-    takeover: bool = False,
-    items_file: str | None = None,
-    retry_failed_of: int | None = None,
+    tenant_id: TenantId = None,
+    items: Items = None,
+    task_name: TaskName = None,
+    create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None,
+    takeover: Takeover = False,
+    items_file: ItemsFile = None,
+    retry_failed_of: RetryFailedOf = None,
 ):
     """Send friend requests from accounts of one tenant (within the daily cap per account).
 

@@ -41,15 +41,19 @@ from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
 from batchlib.settings import Settings, get_settings
 from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
+from flows.params import document_parameters
 from tasks.batch_steps import OpenedBatch, Refusal, close_batch, counts_dict, describe_batch, open_batch
 from tasks.items import process_chunk, process_item
 from tasks.limits import LimitFollower
+from tasks.run_ui import BatchArtifacts, tag_run, task_failure
 
 __all__ = [
     "BatchSummary", "run_batch", "run_batch_flow", "run_items_flow", "batch_flow", "batch_run_name", "retry_request",
 ]
 
 PAGE = 5000
+CANCELLED_BY_PANEL = "cancelled by the admin panel (la_batch_task.task_status set to cancelled / row deleted)"
+CANCELLED_FROM_PREFECT = "cancelled from Prefect (UI, CLI or API): the flow run is cancelling"
 T = TypeVar("T")
 
 
@@ -86,13 +90,14 @@ def batch_flow(name: str):
 
     from tasks.hooks import mark_cancelled, mark_crashed, mark_failed
 
-    return flow(
+    decorate = flow(
         name=name,
         flow_run_name=batch_run_name(name),
         on_cancellation=[mark_cancelled],
         on_crashed=[mark_crashed],
         on_failure=[mark_failed],
     )
+    return lambda fn: decorate(document_parameters(fn))
 
 
 async def run_items_flow(
@@ -183,6 +188,7 @@ async def run_batch(
         tenant_id = _tenant_of(retry_of)
     if tenant_id is None:
         raise BatchError("give a tenant id (or the id of a batch to resume)")
+    await tag_run(flow_run_id, tenant_id, task_type)
 
     lease = lease_for(settings, tenant_id, task_type)
     with lease:
@@ -200,12 +206,13 @@ async def run_batch(
             create_admin_id=create_admin_id, batch_id=batch_id, flow_run_id=flow_run_id, takeover=takeover,
             collected=collected, collect_error=collect_error, source=source,
         ))
+        artifacts = BatchArtifacts(_engine(settings), opened.batch_id, task_type, tenant_id)
         if opened.error is not None:
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "failed", opened.error, "none", None
         elif opened.pending == 0:
             counts, status, reason, mode, flushed = _counts_of(opened.batch_id), "completed", None, "none", None
         else:
-            status, reason, mode, flushed = await _process(batch_type, settings, tenant_id, opened, lease)
+            status, reason, mode, flushed = await _process(batch_type, settings, tenant_id, opened, lease, artifacts)
             counts = await _patiently(
                 settings, opened.batch_id, "closing the batch",
                 lambda: close_batch(opened.batch_id, opened.fence, status, reason),
@@ -217,11 +224,12 @@ async def run_batch(
         flushed.flushes if flushed else 0, round(flushed.max_lag_s, 3) if flushed else 0.0,
     )
     get_run_logger().info(summary.line())
+    await artifacts.finish(summary.status, summary.elapsed_s, summary.stop_reason)
     return summary
 
 
 async def _process(
-    batch_type: BatchType, settings: Settings, tenant_id: int, opened: OpenedBatch, lease
+    batch_type: BatchType, settings: Settings, tenant_id: int, opened: OpenedBatch, lease, artifacts: BatchArtifacts
 ) -> tuple[str, str | None, str, FlushStats]:
     """Run every pending item; return (final status, reason, mode, mirror stats).
 
@@ -253,11 +261,12 @@ async def _process(
         # woken from a pause made ~100 needless platform calls in tests/faults).
         mirror.on_stale = lambda: runtime.stop("taken over by another run")
         # The admin panel's cancel (or soft delete): stop starting items as soon as a flush reads it.
-        mirror.on_cancel = lambda: runtime.stop("cancelled")
+        mirror.on_cancel = lambda: _stop_cancelled(runtime, opened.batch_id, CANCELLED_BY_PANEL)
         register_runtime(runtime)
         await mirror.check()  # a cancel that came between the claim and now: start nothing
         flusher = asyncio.create_task(mirror.run())
         watcher = asyncio.create_task(_watch(runtime, lease, settings, opened))
+        shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
         get_run_logger().info(
             "batch %s: %s pending of %s items, %s, at most %s in flight",
             opened.batch_id, opened.pending, opened.total, mode, limit,
@@ -267,6 +276,7 @@ async def _process(
         finally:
             watcher.cancel()
             await mirror.close(patience_s=settings.db_outage_budget_s)
+            await artifacts.stop_following(shower)
             flusher.cancel()
             unregister_runtime(opened.batch_id)
             await limits.close()
@@ -420,23 +430,30 @@ def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
 async def _run_item(runtime: BatchRuntime, item_id: int, item_data: dict | None) -> None:
     from batchlib.outcomes import ItemOutcome
 
-    try:
-        await process_item(runtime.batch_type.name, runtime.ctx.batch_id, item_id, item_data)
-    except Exception as exc:  # the task run itself failed (not the item's work)
-        runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}"))
+    try:  # a failed item is a Failed task run (its outcome already recorded): not an error here
+        state = await process_item(runtime.batch_type.name, runtime.ctx.batch_id, item_id, item_data,
+                                   return_state=True)
+        error = await task_failure(state)
+    except Exception as exc:
+        error = type(exc).__name__
+    if error is not None:  # the task run itself failed (not the item's work)
+        runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {error}"))
 
 
 async def _run_chunk(runtime: BatchRuntime, part: list) -> None:
     from batchlib.outcomes import ItemOutcome
 
     first, last = runtime.stage_chunk(part)
-    try:
-        await process_chunk(runtime.batch_type.name, runtime.ctx.batch_id, first, last)
+    try:  # a chunk with failed items ends Failed with its counts: not an error here
+        state = await process_chunk(runtime.batch_type.name, runtime.ctx.batch_id, first, last, return_state=True)
+        error = await task_failure(state)
     except Exception as exc:
+        error = type(exc).__name__
+    if error is not None:
         # Items that already have an outcome keep it (the mirror moves only pending rows).
         runtime.take_chunk(first)
         for item_id, _ in part:
-            runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}"))
+            runtime.mirror.add(ItemOutcome.failed(item_id, f"internal error: {error}"))
 
 
 async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: OpenedBatch) -> None:
@@ -454,7 +471,7 @@ async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: Opene
         elif mirror.stale:
             runtime.stop("taken over by another run")
         elif mirror.cancel_requested:
-            runtime.stop("cancelled")
+            _stop_cancelled(runtime, opened.batch_id, CANCELLED_BY_PANEL)
         if mirror.error is not None:
             error_since = error_since or now
             if now - error_since > settings.db_outage_budget_s:
@@ -463,13 +480,20 @@ async def _watch(runtime: BatchRuntime, lease, settings: Settings, opened: Opene
             error_since = None
         if flow_run_id and now - last_poll >= settings.cancel_poll_s:
             last_poll = now
-            if await _is_cancelling(flow_run_id):
-                runtime.stop("cancelled")
+            if not runtime.stopped and await _is_cancelling(flow_run_id):
+                _stop_cancelled(runtime, opened.batch_id, CANCELLED_FROM_PREFECT)
         if now - last_log >= settings.progress_log_s:
             last_log = now
             logger.info(
                 "batch %s progress: %s/%s recorded", opened.batch_id, mirror.stats.moved, opened.pending
             )
+
+
+def _stop_cancelled(runtime: BatchRuntime, batch_id: int, who: str) -> None:
+    """Stop the feed on a cancel, saying once in the run's log who cancelled."""
+    if not runtime.stopped:
+        get_run_logger().warning("batch %s %s", batch_id, who)
+    runtime.stop("cancelled")
 
 
 async def _is_cancelling(flow_run_id: str) -> bool:
@@ -513,6 +537,12 @@ def _tenant_of(batch_id: int) -> int:
     if row is None or row.delete_time is not None:
         raise UnknownBatch(batch_id)
     return int(row.tenant_id)
+
+
+def _engine(settings: Settings):
+    from db import get_engine
+
+    return get_engine(settings.database_url.get_secret_value())
 
 
 def _counts_of(batch_id: int) -> dict[str, int]:

@@ -10,17 +10,18 @@ import sys
 
 from flows.batch_cli import base_parser, run_cli
 from flows.batch_runner import batch_flow, run_batch_flow
+from flows.params import BatchId, CreateAdminId, Takeover, TaskName, TenantId
 
 TASK_TYPE = "pin_sync"
 
 
 @batch_flow("pin-sync")
 async def pin_sync(
-    tenant_id: int | None = None,
-    task_name: str | None = None,
-    create_admin_id: int = 0,
-    batch_id: int | None = None,
-    takeover: bool = False,
+    tenant_id: TenantId = None,
+    task_name: TaskName = None,
+    create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None,
+    takeover: Takeover = False,
 ):
     """List the node's recursive pins, stat each one, and record them (one detail row per pin).
 

@@ -11,11 +11,15 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from batchlib.outcomes import ItemOutcome
 from batchlib.runtime import get_runtime
+from tasks.run_ui import chunk_state, item_state, quiet_returned_failures
 
 __all__ = ["process_item", "process_chunk"]
+
+quiet_returned_failures()
 
 
 @task(
@@ -26,9 +30,10 @@ __all__ = ["process_item", "process_chunk"]
 )
 async def process_item(
     task_type: str, batch_id: int, item_id: int, item_data: dict[str, Any] | None = None
-) -> ItemOutcome | None:
-    """One item; the caller already holds a slot of the (tenant, type) limit."""
-    return await get_runtime(batch_id).process(item_id, item_data)
+) -> ItemOutcome | None | State:
+    """One item; the caller already holds a slot of the (tenant, type) limit. A failed item ends
+    the task run Failed with its reason (the outcome is recorded all the same)."""
+    return item_state(await get_runtime(batch_id).process(item_id, item_data))
 
 
 @task(
@@ -37,9 +42,9 @@ async def process_item(
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: int) -> dict[str, int]:
+async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: int) -> State:
     """The items the runner staged from ``first_id`` to ``last_id``, each under a slot of the
-    (tenant, type) limit; returns counts by status."""
+    (tenant, type) limit; ends with counts by status in its message, Failed if any item failed."""
     runtime = get_runtime(batch_id)
     items = runtime.take_chunk(first_id)
 
@@ -51,4 +56,4 @@ async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: i
     counts: dict[str, int] = {"success": 0, "failed": 0, "skipped": 0, "not_started": 0}
     for outcome in outcomes:
         counts[outcome.status if outcome else "not_started"] += 1
-    return counts
+    return chunk_state(counts)

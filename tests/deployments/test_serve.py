@@ -36,7 +36,9 @@ def test_item_flows_keep_typed_parameters() -> None:
     for spec in items_types:
         schema = load_flow_from_entrypoint(str(REPO_ROOT / spec.entrypoint)).parameters.model_dump()
         props = schema["properties"]
-        assert set(props) == {"tenant_id", "items", "items_file", "task_name", "create_admin_id", "batch_id", "takeover"}
+        assert set(props) == {
+            "tenant_id", "items", "items_file", "task_name", "create_admin_id", "batch_id", "takeover", "retry_failed_of",
+        }
         assert {"type": "integer"} in props["tenant_id"]["anyOf"]
         assert any(v.get("type") == "array" and v["items"].get("type") == "object" for v in props["items"]["anyOf"])
         assert props["takeover"]["type"] == "boolean"

@@ -1,0 +1,187 @@
+"""The Prefect UI in a real browser: an operator starts an account check from the deployment's
+Run form and finds its progress and its failed accounts on the flow run's Artifacts tab.
+
+Headless Debian Chromium (``/usr/bin/chromium``) driven by playwright's Python package, against
+the session's real ``prefect server start`` and ``python -m deployments.serve`` serving the
+account-check deployment, with MariaDB, Redis and the platform simulator (3 accounts fail).
+Screenshots land in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchlib.seeding import import_accounts
+from db import make_engine, upgrade
+from deployments.spec import REPO_ROOT
+from simulators.account_platform import PlatformSimulator
+from tests.conftest import REDIS_URL
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+TENANT, ACCOUNTS, FAILING = 7, 30, (4, 9, 17)
+
+
+def _wait(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def served(prefect_server, mysql_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[dict]:
+    """account-check served (``deployments.serve``) against MariaDB and a simulator where some accounts fail."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium; .ci/run installs it)")
+    upgrade(mysql_url)
+    with PlatformSimulator(latency_ms=20) as sim:
+        sim.seed({TENANT: ACCOUNTS}, seed=4)
+        sim.configure(fail_uids=[f"u{TENANT}-{n:06d}" for n in FAILING])
+        engine = make_engine(mysql_url)
+        import_accounts(engine, sim.accounts(TENANT))
+        env = {
+            **prefect_server.env,
+            "BATCH_DATABASE_URL": mysql_url, "BATCH_REDIS_URL": REDIS_URL, "BATCH_REDIS_KEY_PREFIX": redis_prefix,
+            "BATCH_PLATFORM_URL": sim.url, "BATCH_HTTP_BACKOFF_BASE_S": "0.01", "BATCH_HTTP_BACKOFF_MAX_S": "0.05",
+        }
+        deployment = f"account-check/account-check-{uuid.uuid4().hex[:6]}"
+        log = open(tmp_path / "serve.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve", "--no-schedules", "--only", "account-check"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            yield {"env": env, "engine": engine, "proc": proc, "log": tmp_path / "serve.log",
+                   "server": prefect_server, "deployment": deployment}
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            engine.dispose()
+
+
+def _deployment_id(server) -> str:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
+        try:
+            return str(client.read_deployment_by_name("account-check/account-check").id)
+        except Exception:
+            return ""
+
+
+def _log_in_if_asked(page, server, url: str) -> None:
+    """Prefect's UI shows a login form (one ``user:password`` field) when the server has basic auth
+    (PREFECT_SERVER_API_AUTH_STRING); the UI keeps the credential, so ``url`` is opened again."""
+    from playwright.sync_api import expect
+
+    login = page.get_by_role("button", name="Login", exact=True)
+    expect(login.or_(page.get_by_role("button", name="Run", exact=True))).to_be_visible()
+    if login.is_visible():
+        page.get_by_placeholder("admin:pass").fill(server.auth_string or "")
+        login.click()
+        page.wait_for_load_state("networkidle")
+        page.goto(url)
+
+
+def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    started = time.monotonic()
+    server = served["server"]
+    ui = server.api_url.removesuffix("/api")
+    deployment_id = _wait(lambda: _deployment_id(server), 60, "the served deployment")
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.set_default_navigation_timeout(90_000)  # a fresh server serves its UI slowly on a busy machine
+        try:
+            page.goto(f"{ui}/deployments/deployment/{deployment_id}")
+            _log_in_if_asked(page, server, f"{ui}/deployments/deployment/{deployment_id}")
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run").click()
+            page.wait_for_url(re.compile(r"/run"))
+            page.wait_for_load_state("networkidle")
+            expect(page.get_by_text("tenant_id (Optional)")).to_be_visible()
+            page.screenshot(path=shots / "1-run-form.png", full_page=True)
+            form_text = page.inner_text("body")
+            assert "Tenant whose accounts the batch works on" in form_text  # the parameters' descriptions
+            # tenant_id is ``int | None``: the form shows a type switch (int / None) before a value.
+            page.get_by_role("button", name="int", exact=True).first.click()
+            page.locator("input[type=number]").first.fill(str(TENANT))
+            page.keyboard.press("Tab")
+            page.screenshot(path=shots / "2-run-form-filled.png", full_page=True)
+            page.get_by_role("button", name="Submit").click()
+
+            flow_run_id = _wait(lambda: _flow_run_of(server, deployment_id), 30, "the flow run")
+            final = _wait(lambda: _final_state(server, flow_run_id), 120, "the batch to finish")
+            assert final.is_completed(), final.message
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=shots / "3-flow-run.png", full_page=True)
+            expect(page.get_by_text("tenant-7", exact=True)).to_be_visible()  # the run's tags
+            page.get_by_text("Artifacts", exact=True).click()
+            batch_id = final.data["batch_id"] if isinstance(final.data, dict) else _batch_of(served["engine"])
+            expect(page.get_by_text(f"batch-{batch_id}-failures")).to_be_visible()
+            expect(page.get_by_text(f"batch-{batch_id}-progress")).to_be_visible()
+            page.screenshot(path=shots / "4-artifacts.png", full_page=True)
+            page.get_by_text(f"batch-{batch_id}-failures").first.click()
+            page.wait_for_load_state("networkidle")
+            expect(page.get_by_text(str(TENANT * 100_000 + FAILING[0]))).to_be_visible()
+            failures = page.inner_text("body")
+            page.screenshot(path=shots / "5-failures-table.png", full_page=True)
+            for n in FAILING:
+                assert str(TENANT * 100_000 + n) in failures
+        finally:
+            page.screenshot(path=shots / "last.png", full_page=True)
+            browser.close()
+    assert time.monotonic() - started < 180
+
+
+def _flow_run_of(server, deployment_id: str):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return str(runs[0].id) if runs else None
+
+
+def _final_state(server, flow_run_id: str):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state if state and state.is_final() else None
+
+
+def _batch_of(engine) -> int:
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        return int(conn.execute(text("SELECT MAX(id) FROM la_batch_task")).scalar())
