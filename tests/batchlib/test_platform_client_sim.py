@@ -259,19 +259,16 @@ def test_no_token_in_logs_or_errors(world: World, caplog: pytest.LogCaptureFixtu
 
 def test_500_concurrent_requests_are_served(world: World) -> None:
     ids = world.alive(100)
-    world.sim.configure(latency_ms=200)
+    world.sim.configure(latency_ms=1000)  # long enough that the burst overlaps even on a busy host
 
     async def burst(c: PlatformClient) -> list[Any]:
         return await asyncio.gather(*(c.get_me(i) for i in ids for _ in range(5)))
 
-    started = time.monotonic()
     results, client = world.run(burst, max_connections=500)
-    elapsed = time.monotonic() - started
     assert len(results) == 500 and client.attempts == 500
     stats = world.sim.stats()
-    assert stats["total"] == 500 and stats["max_in_flight"] >= 400
+    assert stats["total"] == 500 and stats["max_in_flight"] >= 400  # served side by side, not one by one
     assert stats["max_in_flight_by_tenant"] == {str(TENANT): stats["max_in_flight"]}
-    assert elapsed < 3
 
 
 def test_per_tenant_concurrency_is_visible(world: World) -> None:

@@ -162,7 +162,11 @@ def test_served_item_types_complete_their_batches(system: Deployed) -> None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
         names = [a for n in SERVED for a in ("--name", n)]
-        again = system.run(sys.executable, "-m", "prefect", "--no-prompt", "deploy", *names, timeout=180)
+        again = subprocess.run(  # as the bootstrap deploys: the pull step keeps {{ $BATCH_REPO_DIR }}
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", *names], cwd=REPO_ROOT,
+            env={k: v for k, v in system.env.items() if k != "BATCH_REPO_DIR"}, capture_output=True, text=True,
+            timeout=180,
+        )
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     with system.client() as client:
         for name in SERVED:

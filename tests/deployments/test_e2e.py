@@ -292,9 +292,15 @@ def test_local_serve_runs_every_deployment(system: Deployed) -> None:
             maintenance = client.read_deployment_by_name("maintenance/maintenance")
             assert [s.schedule.interval.total_seconds() for s in maintenance.schedules] == [900]
             assert maintenance.parameters == {"run_for_s": 960, "poll_s": 2, "reap_every_s": 15}
-            triggers = [a for a in client.read_automations()
+
+
+        def triggers() -> list[str]:  # serve creates them too, right after each deployment
+            with SyncPrefectClient(api=api_url) as client:
+                return [a.name for a in client.read_automations()
                         if a.owner_resource == f"prefect.deployment.{maintenance.id}"]
-            assert [a.name for a in triggers] == ["maintenance-after-a-crash"]  # serve creates them too
+
+        wait_for(lambda: triggers() == ["maintenance-after-a-crash"], 60, interval=1,
+                 what="the maintenance deployment's trigger")
         run = subprocess.run(["prefect", "deployment", "run", "account-check/account-check", "-p", "tenant_id=11"],
                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
