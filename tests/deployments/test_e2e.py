@@ -80,10 +80,10 @@ def test_prefect_yaml_is_deployed(system: Deployed) -> None:
                 {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BATCH_REPO_DIR }}"}}
             ]
             assert not deployment.job_variables  # nothing secret stored with the deployment
-            if spec.triggers:  # prefect deploy created the deployment's automations
-                owned = [a for a in client.read_automations()
-                         if a.owner_resource == f"prefect.deployment.{deployment.id}"]
-                assert sorted(a.name for a in owned) == sorted(t["name"] for t in spec.triggers)
+            if spec.triggers:  # prefect deploy created the deployment's automations, each running it
+                for trigger in spec.triggers:
+                    (automation,) = client.read_automations_by_name(trigger["name"])
+                    assert [getattr(a, "deployment_id", None) for a in automation.actions] == [deployment.id]
         for name in ("crash zombie flow runs", "replace a lost maintenance run"):  # by the bootstrap
             assert len(client.read_automations_by_name(name)) == 1, name
     for deployment in DEPLOYMENTS.values():  # every dispatched type has its deployment
@@ -295,9 +295,9 @@ def test_local_serve_runs_every_deployment(system: Deployed) -> None:
 
 
         def triggers() -> list[str]:  # serve creates them too, right after each deployment
-            with SyncPrefectClient(api=api_url) as client:
+            with SyncPrefectClient(api=api_url) as client:  # (3.8.8 reads owner_resource back as None)
                 return [a.name for a in client.read_automations()
-                        if a.owner_resource == f"prefect.deployment.{maintenance.id}"]
+                        if [getattr(x, "deployment_id", None) for x in a.actions] == [maintenance.id]]
 
         wait_for(lambda: triggers() == ["maintenance-after-a-crash"], 60, interval=1,
                  what="the maintenance deployment's trigger")
