@@ -54,8 +54,7 @@ CreateAdminId = Annotated[int, Field(
     description="Admin-panel user recorded as the batch's creator (la_batch_task.create_admin_id). "
                 "0 means 'an operator via Prefect' (no panel user); rows the panel inserts keep their own.",
     examples=[0],
-    ge=0,
-)]
+)]  # its range (0..2^31-1) is checked by the run, with the same one-line refusal as every entry point
 RetryFailedOf = Annotated[int | None, Field(
     description="The id of a finished batch of this type: a new batch of only its failed items, linked to it "
                 "(each item keeps its previous error). Refused while that batch is active or when nothing failed.",
