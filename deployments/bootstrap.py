@@ -49,10 +49,11 @@ log = logging.getLogger("deployments.bootstrap")
 ZOMBIE_AUTOMATION = "crash zombie flow runs"
 STAND_IN_AUTOMATION = "replace a lost maintenance run"
 HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
-# Two missed heartbeats. Prefect's recipe uses three; two keep a lost worker's maintenance run
-# replaced within the 3-minute resume bound. A false alarm is harmless: a live batch run that
-# is marked Crashed keeps heartbeating in the mirror, so the reaper leaves it alone.
-ZOMBIE_AFTER_S = 2 * HEARTBEAT_FREQUENCY_S
+# Three missed heartbeats, Prefect's recipe. Two gave false alarms on a loaded host: a live run
+# marked Crashed keeps working (the reaper goes by the mirror's heartbeat) but ends Crashed in
+# the UI. The resume bound does not depend on it: the reaper's own 60 s heartbeat window and the
+# stand-in automation below act first.
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_FREQUENCY_S
 # The stand-in waits 1.5 heartbeats: a false alarm only costs a stand-in that ends 15 s later.
 STAND_IN_AFTER_S = 45
 MAINTENANCE = "maintenance/maintenance"
