@@ -35,10 +35,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from batchlib.errors import UnknownBatchType
+from batchcore.errors import UnknownBatchType
+from batchcore.outcomes import ItemOutcome
+from batchcore.settings import Settings
 from batchlib.item_context import ItemContext
-from batchlib.outcomes import ItemOutcome
-from batchlib.settings import Settings
 
 __all__ = ["Item", "BatchType", "BatchScope", "register", "get_batch_type", "batch_type_names"]
 

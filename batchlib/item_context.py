@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from batchlib.settings import Settings
+from batchcore.settings import Settings
 
 if TYPE_CHECKING:
     from batchlib.platform_client import PlatformClient

@@ -5,7 +5,7 @@
             async for pin in pins:                       # streamed, never the whole list in memory
                 stat = await kubo.stat(pin.cid)          # PinNotFound if it vanished meanwhile
 
-Errors (from ``batchlib.errors``; ``PinNotFound`` is defined here):
+Errors (from ``batchcore.errors``; ``PinNotFound`` is defined here):
 
     PlatformUnavailable   5xx, timeouts, connection errors past the retry budget;
                           a pin/ls stream that breaks before its clean end
@@ -31,10 +31,10 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
+from batchcore.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchcore.settings import Settings
 from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
 from batchlib.http_pool import ShardedTransport
-from batchlib.settings import Settings
 
 __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
 

@@ -15,7 +15,7 @@ from types import TracebackType
 import redis
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
-from batchlib.errors import BatchAlreadyActive
+from batchcore.errors import BatchAlreadyActive
 
 __all__ = ["Lease", "RedisLease", "NullLease", "lease_key", "lease_for"]
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from batchlib.errors import StaleFence
-from batchlib.outcomes import ItemOutcome
+from batchcore.errors import StaleFence
+from batchcore.outcomes import ItemOutcome
+from db import BatchTask, heartbeat, record_outcomes, run_transaction
 
 __all__ = ["MirrorWriter", "FlushStats"]
 
@@ -146,8 +147,6 @@ class MirrorWriter:
     async def _peek_safely(self) -> None:
         """Nothing to record: only read the row, so the admin panel's cancel is seen within one
         ``interval`` even while no item finishes (a freed slot would start the next item)."""
-        from db import run_transaction
-
         try:
             cancelled = await asyncio.to_thread(run_transaction, self._engine, self._read_cancel)
         except Exception:  # an outage: the flushes report it; the next peek tries again
@@ -159,16 +158,12 @@ class MirrorWriter:
 
     def _read_cancel(self, session: Session) -> bool:
         """Whether the admin panel cancelled, soft-deleted (or deleted) the row."""
-        from db import BatchTask
-
         row = session.execute(
             select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
         ).one_or_none()
         return row is None or row.task_status == "cancelled" or row.delete_time is not None
 
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
-        from db import run_transaction
-
         outcomes = [o for _, o in batch]
         moved, cancelled = run_transaction(self._engine, lambda s: self._write(s, outcomes))
         now = time.monotonic()
@@ -187,8 +182,6 @@ class MirrorWriter:
 
     def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
         """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""
-        from db import heartbeat, record_outcomes
-
         now = int(time.time())
         if outcomes:
             moved = record_outcomes(session, self.batch_id, self.fence, outcomes, now).total

@@ -32,8 +32,10 @@ from urllib.error import HTTPError
 from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
+from batchcore.settings import Settings, get_settings
 from batchlib.backoff import full_jitter
-from batchlib.settings import Settings, get_settings
+from db import get_engine, run_transaction
+from db.notifications import claim_notification
 
 __all__ = ["batch_ended", "recipients", "outcome_of", "wait_idle"]
 
@@ -98,10 +100,7 @@ def outcome_of(ending: dict[str, Any]) -> str:
 
 def _notify(batch_id: int, settings: Settings) -> None:
     try:
-        from db import get_engine, run_transaction
-        from db.notifications import claim_notification
-
-        engine = get_engine(settings.database_url.get_secret_value())
+        engine = get_engine(settings=settings)
         ending = run_transaction(engine, lambda s: claim_notification(s, batch_id))
         if ending is None:
             return  # not ended, or this ending was notified already

@@ -41,20 +41,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.errors import (
+from batchcore.errors import (
     BadPlatformResponse,
     PlatformRejected,
     PlatformUnavailable,
     RateLimited,
     TokenRefreshFailed,
 )
+from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.http_wire import AiohttpWire, HttpxWire, Limits, Reply, Wire
 
 if TYPE_CHECKING:
     import httpx
 
-    from batchlib.settings import Settings
+    from batchcore.settings import Settings
 
 __all__ = [
     "AccountState",

@@ -13,12 +13,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from batchcore.errors import PlatformError
+from batchcore.outcomes import ItemOutcome
 from batchlib.batch_types import BatchType
-from batchlib.errors import PlatformError
 from batchlib.item_context import ItemContext
 from batchlib.limiter import ResizableLimiter
 from batchlib.mirror_writer import MirrorWriter
-from batchlib.outcomes import ItemOutcome
 
 __all__ = ["BatchRuntime", "register_runtime", "unregister_runtime", "get_runtime"]
 

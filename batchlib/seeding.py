@@ -14,6 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from db import import_accounts as write_accounts
+from db import run_transaction
+
 __all__ = ["account_id_for", "import_accounts"]
 
 _UID = re.compile(r"u(\d+)-(\d+)")
@@ -26,9 +29,6 @@ def account_id_for(uid: str) -> int | None:
 
 def import_accounts(engine: Engine, accounts: Iterable[Mapping[str, Any]], *, chunk: int = 5000) -> list[int]:
     """Insert or update the given simulator accounts (status back to ``unknown``); returns their ids."""
-    from db import import_accounts as write_accounts
-    from db import run_transaction
-
     now = int(time.time())
     rows = [
         {

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
-from batchlib.errors import PlatformRejected
+from batchcore.errors import PlatformRejected
 from batchlib.platform_client import Credentials
+from db import load_credentials, load_credentials_many, run_transaction, save_credentials
 
 __all__ = ["DbTokenStore"]
 
@@ -43,8 +44,6 @@ class DbTokenStore:
 
     def preload(self, account_ids: Sequence[int]) -> None:
         """Blocking: fill the cache for these accounts (call it in a worker thread)."""
-        from db import load_credentials_many, run_transaction
-
         missing = [i for i in account_ids if i not in self._cache]
         if not missing:
             return
@@ -71,8 +70,6 @@ class DbTokenStore:
 
     async def reload(self, account_id: int) -> Credentials:
         """Read the row again (the admin system may have refreshed it); returns what is cached now."""
-        from db import load_credentials, run_transaction
-
         stored = await asyncio.to_thread(run_transaction, self._engine, lambda s: load_credentials(s, account_id))
         return self._landed(account_id, stored)
 
@@ -80,8 +77,6 @@ class DbTokenStore:
         self, account_id: int, old: Credentials, access_token: str, refresh_token: str, expires_in: int
     ) -> Credentials:
         """Store the pair obtained by refreshing ``old`` unless the row moved on; returns the row's pair."""
-        from db import load_credentials, run_transaction, save_credentials
-
         def store(session):
             save_credentials(
                 session, account_id, access_token, refresh_token,

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from batchlib.errors import ForeignAccounts, InvalidItems, UnknownTenant
+from batchcore.errors import ForeignAccounts, InvalidItems, UnknownTenant
+from db import foreign_ids, tenant_exists
 
 __all__ = [
     "positive_int", "check_tenant", "account_ids_from", "items_from", "check_accounts",
@@ -63,8 +64,6 @@ def check_admin_id(value: Any) -> int:
 
 
 def check_tenant(session: Session, tenant_id: Any) -> int:
-    from db import tenant_exists
-
     tenant = positive_int(tenant_id, "tenant id")
     if not tenant_exists(session, tenant):
         raise UnknownTenant(tenant)
@@ -108,8 +107,6 @@ def items_from(raw: Any, *, max_items: int, key: str = "account_id") -> list[Map
 
 
 def check_accounts(session: Session, tenant_id: int, ids: Sequence[int]) -> None:
-    from db import foreign_ids
-
     foreign = foreign_ids(session, tenant_id, ids)
     if foreign:
         raise ForeignAccounts(tenant_id, foreign)

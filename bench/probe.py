@@ -46,11 +46,10 @@ def _count_round_trips(engine) -> dict[str, int]:
 
 
 def run_flow(tenant_id: int) -> dict[str, Any]:
-    from batchlib.settings import get_settings
     from db import get_engine
     from flows.account_check import account_check
 
-    counts = _count_round_trips(get_engine(get_settings().database_url.get_secret_value()))
+    counts = _count_round_trips(get_engine())
     cpu0, _ = _usage()
     started = time.perf_counter()
     state = asyncio.run(account_check(tenant_id=tenant_id, return_state=True))
@@ -63,8 +62,8 @@ def run_flow(tenant_id: int) -> dict[str, Any]:
 def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
     import httpx
 
+    from batchcore.settings import get_settings
     from batchlib.platform_client import InMemoryTokenStore, PlatformClient
-    from batchlib.settings import get_settings
 
     settings = get_settings()
     accounts = httpx.get(f"{settings.platform_url}/_sim/accounts", params={"tenant_id": tenant_id}, timeout=60).json()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from db.accounts import (
-    Credentials,
+    StoredTokens,
     active_account_ids,
     foreign_ids,
     import_accounts,
@@ -17,7 +17,7 @@ from db.accounts import (
     update_profile,
     upsert_accounts,
 )
-from db.engine import get_engine, make_engine
+from db.engine import database_url, get_engine, make_engine
 from db.friends import log_friend_requests, sent_today_for_batch, unlogged
 from db.maintenance import (
     fail_stale_batches,
@@ -53,14 +53,14 @@ from db.retry import is_retryable, run_transaction
 
 __all__ = [
     "Account", "BatchRun", "BatchTask", "BatchTaskDetail", "FriendRequestLog",
-    "make_engine", "get_engine", "run_transaction", "is_retryable", "upgrade", "current",
+    "make_engine", "get_engine", "database_url", "run_transaction", "is_retryable", "upgrade", "current",
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat", "add_details", "set_total",
     "pending_items", "record_outcomes", "finish_batch", "recount", "counters", "get_batch",
     "stage_details", "staged_details",
     "find_active", "fail_stale_batches", "mark_failed_unowned", "prune_finished", "pending_batches",
     "running_batches", "load_credentials_many",
-    "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
+    "StoredTokens", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "save_credentials", "record_checks", "update_profile", "upsert_accounts", "tenants_with_accounts",
     "set_profiles", "import_accounts", "IpfsPin", "sent_today_for_batch", "log_friend_requests", "unlogged",
     "PIN_PRESENT", "PIN_REMOVED", "record_pins", "mark_pins_removed", "remove_unseen_pins", "failed_items",

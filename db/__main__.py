@@ -12,8 +12,8 @@ import sys
 
 from sqlalchemy.exc import DBAPIError
 
-from batchlib.account_file import read_accounts_file
-from batchlib.errors import BatchError, InvalidInput
+from batchcore.account_file import read_accounts_file
+from batchcore.errors import BatchError, InvalidInput
 from db.account_table import accounts_table
 from db.accounts import import_accounts
 from db.engine import get_engine

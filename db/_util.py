@@ -18,7 +18,6 @@ DETAIL: Table = BatchTaskDetail.__table__  # type: ignore[assignment]
 RUN: Table = BatchRun.__table__  # type: ignore[assignment]
 
 IN_CHUNK = 500
-ERROR_MAX = 2000
 
 
 def now_or(now: int | None) -> int:
@@ -46,6 +45,3 @@ def insert_ignore(table: Table) -> Insert:
     stmt = table.insert().prefix_with("OR IGNORE", dialect="sqlite")
     return stmt.prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb")
 
-
-def truncate(text: str | None, limit: int = ERROR_MAX) -> str | None:
-    return None if text is None else text[:limit]

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from batchlib.errors import AccountTableMismatch
+from batchcore.errors import AccountTableMismatch
+from batchcore.settings import get_settings
 from db import statuses as st
 
 __all__ = [
@@ -188,8 +189,6 @@ def _table_for(spec: AccountSpec) -> AccountTable:
 def accounts_table(settings: Any = None) -> AccountTable:
     """The accounts table of the current settings (cached per distinct description)."""
     if settings is None:
-        from batchlib.settings import get_settings
-
         settings = get_settings()
     return _table_for(AccountSpec.from_settings(settings))
 

@@ -14,19 +14,23 @@ from typing import Any
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
+from batchcore.errors import InvalidItems
 from db import statuses as st
 from db._util import chunks, now_or
 from db.account_table import AccountTable, accounts_table
 
 __all__ = [
-    "Credentials", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
+    "StoredTokens", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
     "load_credentials_many", "save_credentials", "record_checks", "update_profile", "set_profiles", "upsert_accounts",
     "tenants_with_accounts", "import_accounts", "IMPORT_FIELDS",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class Credentials:
+class StoredTokens:
+    """An account's row as stored (tokens may be NULL); the platform client works with
+    ``batchlib.platform_client.Credentials``, which ``batchlib.token_store`` builds from it."""
+
     access_token: str | None = field(repr=False)
     refresh_token: str | None = field(repr=False)
     platform_uid: str
@@ -77,11 +81,11 @@ def _credential_columns(T):
     )
 
 
-def _credentials(row) -> Credentials:
-    return Credentials(row.access_token, row.refresh_token, str(row.platform_uid))
+def _credentials(row) -> StoredTokens:
+    return StoredTokens(row.access_token, row.refresh_token, str(row.platform_uid))
 
 
-def load_credentials(session: Session, account_id: int) -> Credentials | None:
+def load_credentials(session: Session, account_id: int) -> StoredTokens | None:
     a = _accounts()
     row = session.execute(
         select(*_credential_columns(a.table)).where(a.table.c.id == account_id, a.live())
@@ -89,10 +93,10 @@ def load_credentials(session: Session, account_id: int) -> Credentials | None:
     return None if row is None else _credentials(row)
 
 
-def load_credentials_many(session: Session, account_ids: Sequence[int]) -> dict[int, Credentials]:
-    """Credentials of many accounts in one query per 500 ids (missing or deleted ones are absent)."""
+def load_credentials_many(session: Session, account_ids: Sequence[int]) -> dict[int, StoredTokens]:
+    """The stored tokens of many accounts in one query per 500 ids (missing or deleted ones are absent)."""
     a = _accounts()
-    found: dict[int, Credentials] = {}
+    found: dict[int, StoredTokens] = {}
     for part in chunks(sorted(set(account_ids))):
         rows = session.execute(select(*_credential_columns(a.table)).where(a.table.c.id.in_(part), a.live()))
         for row in rows:
@@ -234,13 +238,11 @@ _KEY_FIELDS = ("id", "tenant_id", "platform_uid")
 def import_accounts(session: Session, rows: Sequence[Mapping[str, Any]], now: int | None = None) -> list[int]:
     """Insert or update accounts keyed by (tenant_id, platform_uid); returns their ids in row order.
 
-    ``rows`` are checked already (``batchlib.account_file``): keys from ``IMPORT_FIELDS``, no
+    ``rows`` are checked already (``batchcore.account_file``): keys from ``IMPORT_FIELDS``, no
     two rows with the same key. An existing account gets the given columns (and is no longer
     soft-deleted); a new one is inserted, with its ``id`` if given, status ``unknown`` if not.
     Raises ``InvalidItems`` before any write when a given id belongs to another account.
     """
-    from batchlib.errors import InvalidItems
-
     a = _accounts()
     T = a.table
     now = now_or(now)

@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from batchcore.settings import Settings, get_settings
 from db.account_table import verify_once
 from db.retry import run_transaction
 
-__all__ = ["make_engine", "get_engine", "run_transaction", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "get_engine", "database_url", "run_transaction", "SQLITE_BUSY_TIMEOUT_MS"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -81,16 +82,19 @@ def _cached_engine(url: str) -> Engine:
     return make_engine(url)
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process-wide engine for ``url`` (default: ``BATCH_DATABASE_URL``).
+def database_url(settings: Settings | None = None) -> str:
+    """The mirror's URL: ``BATCH_DATABASE_URL`` of ``settings`` (default: the process's settings)."""
+    return (settings or get_settings()).database_url.get_secret_value()
+
+
+def get_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``database_url(settings)``).
 
     Opening the mirror checks the accounts table against the ``BATCH_ACCOUNT_*`` settings
     once per process: ``AccountTableMismatch`` (one line) before anything is written.
     """
     if url is None:
-        from batchlib.settings import get_settings
-
-        url = get_settings().database_url.get_secret_value()
+        url = database_url(settings)
     engine = _cached_engine(url)
     verify_once(engine)
     return engine

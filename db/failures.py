@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from batchlib.errors import InvalidInput
+from batchcore.errors import InvalidInput
 from db import statuses as st
 from db._util import DETAIL, TASK, loads
 

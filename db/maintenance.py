@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from batchcore.outcomes import truncate_error
 from db import statuses as st
-from db._util import DETAIL, RUN, TASK, chunks, insert_ignore, now_or, truncate
+from db._util import DETAIL, RUN, TASK, chunks, insert_ignore, now_or
 from db.mirror import AUTO_RESUME_NOTE, _final_values, holds_key, recount
 from db.models import BatchTask
 
@@ -202,7 +203,7 @@ def fail_pending(session: Session, batch_id: int, reason: str, now: int | None =
     moved = session.execute(
         update(TASK)
         .where(TASK.c.id == batch_id, TASK.c.task_status == st.PENDING, TASK.c.delete_time.is_(None))
-        .values(task_status=st.FAILED, end_time=now, update_time=now, error_message=truncate(reason))
+        .values(task_status=st.FAILED, end_time=now, update_time=now, error_message=truncate_error(reason))
     ).rowcount
     return moved == 1
 
@@ -371,7 +372,7 @@ def reserve_auto_resumes(
         if attempt > max_attempts:
             session.execute(update(RUN).where(RUN.c.task_id == batch_id).values(owner=GAVE_UP_OWNER))
             note = f"no automatic resume left ({max_attempts}/{max_attempts} used); {task.error_message}"
-            session.execute(update(TASK).where(TASK.c.id == batch_id).values(error_message=truncate(note)))
+            session.execute(update(TASK).where(TASK.c.id == batch_id).values(error_message=truncate_error(note)))
             gave_up.append(int(batch_id))
             continue
         reason = _RESUME_HINT.sub("", task.error_message or "its run died")  # the hint is for people
@@ -382,7 +383,7 @@ def reserve_auto_resumes(
         )
         session.execute(
             update(TASK).where(TASK.c.id == batch_id).values(
-                error_message=truncate(f"{AUTO_RESUME_NOTE} {attempt}/{max_attempts} after: {reason}"), update_time=now
+                error_message=truncate_error(f"{AUTO_RESUME_NOTE} {attempt}/{max_attempts} after: {reason}"), update_time=now
             )
         )
         reserved.append(Resume(int(batch_id), int(task.tenant_id), str(task.task_type), int(task.create_time),
@@ -427,6 +428,6 @@ def resume_lost(session: Session, seen: Resume, reason: str, now: int | None = N
         return False
     session.execute(
         update(TASK).where(TASK.c.id == seen.batch_id, TASK.c.task_status == st.FAILED)
-        .values(error_message=truncate(reason), update_time=now)
+        .values(error_message=truncate_error(reason), update_time=now)
     )
     return True

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from batchlib.errors import (
+from batchcore.errors import (
     BatchAlreadyActive,
     BatchCancelled,
     BatchNotClaimable,
@@ -28,10 +28,10 @@ from batchlib.errors import (
     StaleFence,
     UnknownBatch,
 )
-from batchlib.outcomes import ItemOutcome
-from batchlib.task_data import TASK_DATA_MAX_BYTES, decode_json
+from batchcore.json_text import TASK_DATA_MAX_BYTES, decode_json
+from batchcore.outcomes import ItemOutcome, truncate_error
 from db import statuses as st
-from db._util import DETAIL, RUN, TASK, chunks, dumps, insert_ignore, loads, now_or, truncate
+from db._util import DETAIL, RUN, TASK, chunks, dumps, insert_ignore, loads, now_or
 from db.models import BatchTask
 
 __all__ = [
@@ -431,7 +431,7 @@ def record_outcomes(
                 .values(
                     status=status,
                     result=_case({o.item_id: dumps(o.result) for o in part}),
-                    error_message=_case({o.item_id: truncate(o.error) for o in part}),
+                    error_message=_case({o.item_id: truncate_error(o.error) for o in part}),
                     process_time=now,
                     update_time=now,
                 )
@@ -509,7 +509,7 @@ def _final_values(counts: Counts, status: str, error_message: str | None, now: i
         "task_status": status,
         "end_time": now,
         "update_time": now,
-        "error_message": _KEPT_NOTE if error_message is None else truncate(error_message),
+        "error_message": _KEPT_NOTE if error_message is None else truncate_error(error_message),
         "total_count": counts.total,
         "processed_count": counts.processed,
         "success_count": counts.success,

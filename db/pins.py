@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.orm import Session
 
 from db import statuses as st
@@ -45,11 +46,7 @@ def record_pins(
         for cid, pin_type, size in seen
     ]
     dialect = session.get_bind().dialect.name
-    if dialect in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    stmt = insert(PINS)
+    stmt = (mysql.insert if dialect in ("mysql", "mariadb") else sqlite.insert)(PINS)
     new = stmt.inserted if dialect in ("mysql", "mariadb") else stmt.excluded  # type: ignore[attr-defined]
     changes = {
         "pin_type": new.pin_type,

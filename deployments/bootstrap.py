@@ -34,7 +34,7 @@ import subprocess
 import sys
 from typing import Any
 
-from batchlib.errors import BatchError
+from batchcore.errors import BatchError
 from db.migrate import check_accounts_table
 from deployments.spec import REPO_ROOT, work_pool_name
 

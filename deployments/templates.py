@@ -33,14 +33,14 @@ def template_parameters(task_type: str, tenant_id: int, account_ids: list[int] |
 
 def validate(task_type: str, parameters: dict[str, Any]) -> None:
     """Raise InvalidInput (a BatchError) when the batch these parameters start would be refused."""
+    from batchcore.settings import get_settings
     from batchlib.batch_types import get_batch_type
-    from batchlib.settings import get_settings
     from db import get_engine, run_transaction
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     task_data = {k: v for k, v in parameters.items() if k != "tenant_id"}
-    engine = get_engine(settings.database_url.get_secret_value())
+    engine = get_engine()
     run_transaction(engine, lambda s: batch_type.parse(s, parameters["tenant_id"], task_data, settings))
 
 
@@ -114,7 +114,7 @@ async def _command(args: argparse.Namespace) -> int:
 
 
 def _checked_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    from batchlib.errors import BatchError
+    from batchcore.errors import BatchError
     from flows.batch_cli import id_list
 
     account_ids = items = None

@@ -15,10 +15,23 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+from prefect import tags
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from batchcore.errors import InvalidInput
+from batchcore.json_text import ITEMS_FILE_MAX_BYTES, check_value, decode_json
+from batchcore.settings import get_settings
+from batchlib.batch_types import get_batch_type
+from batchlib.task_data import items_from_file, validate_request
+from batchlib.validation import check_admin_id, check_task_name
+from db import get_engine, run_transaction
+from db.failures import failed_details
 
 __all__ = [
     "OneLineParser", "base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api",
@@ -83,10 +96,6 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _parameters_problem(parameters: dict[str, Any]) -> str | None:
     """What Prefect's API or the mirror could not take, found before a flow run is created."""
-    from batchlib.errors import InvalidInput
-    from batchlib.task_data import check_value
-    from batchlib.validation import check_admin_id, check_task_name
-
     try:
         check_task_name(parameters.get("task_name"))
         check_admin_id(parameters.get("create_admin_id", 0))
@@ -104,14 +113,6 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
 def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     """A new batch's request checked here, read-only, as its run will check it first: a refusal
     is then one line, with no flow run (and none of its log lines) at all."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from batchlib.batch_types import get_batch_type
-    from batchlib.errors import InvalidInput
-    from batchlib.settings import get_settings
-    from batchlib.task_data import items_from_file, validate_request
-    from db import get_engine, run_transaction
-
     if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
         return None  # a resume, or a request the run refuses in one line anyway
     if parameters.get("retry_failed_of") is not None:
@@ -123,7 +124,7 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     try:
         if path is not None:
             task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, path)}
-        engine = get_engine(settings.database_url.get_secret_value())
+        engine = get_engine()
         run_transaction(engine, lambda s: validate_request(
             s, batch_type, parameters["tenant_id"], task_data, settings,
             task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
@@ -141,8 +142,6 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: 
     problem = _parameters_problem(parameters) or (task_type and _request_problem(task_type, parameters))
     if problem:
         return refuse(problem)
-    from prefect import tags
-
     quiet_prefect()
     # The tags a deployment run gets from its deployment (and the maintenance flow adds), so
     # the UI's tag filter `batch` finds runs started from this command line too.
@@ -169,18 +168,12 @@ def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: 
 
 def print_failures(summary: str, flow_name: str, limit: int = 5) -> None:
     """Under a batch's summary line: why its first items failed (from the detail rows), and the retry command."""
-    import re
-
     match = re.match(r"batch (\d+) \(", summary)
     if match is None:
         return
-    from batchlib.settings import get_settings
-    from db import get_engine, run_transaction
-    from db.failures import failed_details
-
     batch_id = int(match[1])
     try:
-        engine = get_engine(get_settings().database_url.get_secret_value())
+        engine = get_engine()
         count, first = run_transaction(engine, lambda s: failed_details(s, batch_id, limit))
     except Exception as exc:  # the summary is printed already; the details are a bonus
         print(f"(could not read the failed items: {type(exc).__name__})")
@@ -205,9 +198,6 @@ def file_path(parser: argparse.ArgumentParser, path: str | None) -> str | None:
 
 def _inline_items(parser: argparse.ArgumentParser, text: str | None) -> list[Any] | None:
     """``--items`` JSON: a list of objects (or a whole ``{"items": [...]}`` task_data)."""
-    from batchlib.errors import InvalidInput
-    from batchlib.task_data import ITEMS_FILE_MAX_BYTES, decode_json
-
     if text is None:
         return None
     try:

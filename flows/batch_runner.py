@@ -22,8 +22,7 @@ from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed, State
 
-from batchlib.batch_types import BatchScope, BatchType, get_batch_type
-from batchlib.errors import (
+from batchcore.errors import (
     BatchCancelled,
     BatchError,
     DatabaseUnavailable,
@@ -33,12 +32,13 @@ from batchlib.errors import (
     StaleFence,
     UnknownBatch,
 )
+from batchcore.settings import Settings, get_settings
+from batchlib.batch_types import BatchScope, BatchType, get_batch_type
 from batchlib.item_context import ItemContext
 from batchlib.limiter import ResizableLimiter
 from batchlib.locks import lease_for
 from batchlib.mirror_writer import FlushStats, MirrorWriter
 from batchlib.runtime import BatchRuntime, register_runtime, unregister_runtime
-from batchlib.settings import Settings, get_settings
 from batchlib.task_data import items_from_file
 from batchlib.token_store import DbTokenStore
 from flows.params import document_parameters
@@ -237,7 +237,7 @@ async def _process(
     """
     from db import get_engine
 
-    engine = get_engine(settings.database_url.get_secret_value())
+    engine = get_engine()
     mirror = MirrorWriter(
         engine, opened.batch_id, opened.fence, apply=_bound_apply(batch_type, opened.batch_id, tenant_id),
         interval=settings.flush_interval_s, max_items=settings.flush_max_items,
@@ -428,7 +428,7 @@ def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
 
 
 async def _run_item(runtime: BatchRuntime, item_id: int, item_data: dict | None) -> None:
-    from batchlib.outcomes import ItemOutcome
+    from batchcore.outcomes import ItemOutcome
 
     try:  # a failed item is a Failed task run (its outcome already recorded): not an error here
         state = await process_item(runtime.batch_type.name, runtime.ctx.batch_id, item_id, item_data,
@@ -441,7 +441,7 @@ async def _run_item(runtime: BatchRuntime, item_id: int, item_data: dict | None)
 
 
 async def _run_chunk(runtime: BatchRuntime, part: list) -> None:
-    from batchlib.outcomes import ItemOutcome
+    from batchcore.outcomes import ItemOutcome
 
     first, last = runtime.stage_chunk(part)
     try:  # a chunk with failed items ends Failed with its counts: not an error here
@@ -532,7 +532,7 @@ def _tenant_of(batch_id: int) -> int:
     """The tenant of a batch a retry names (read only: the old batch is never written here)."""
     from db import get_batch, get_engine, run_transaction
 
-    engine = get_engine(get_settings().database_url.get_secret_value())
+    engine = get_engine()
     row = run_transaction(engine, lambda s: get_batch(s, batch_id))
     if row is None or row.delete_time is not None:
         raise UnknownBatch(batch_id)
@@ -542,11 +542,11 @@ def _tenant_of(batch_id: int) -> int:
 def _engine(settings: Settings):
     from db import get_engine
 
-    return get_engine(settings.database_url.get_secret_value())
+    return get_engine()
 
 
 def _counts_of(batch_id: int) -> dict[str, int]:
     from db import get_engine, recount, run_transaction
 
-    engine = get_engine(get_settings().database_url.get_secret_value())
+    engine = get_engine()
     return counts_dict(run_transaction(engine, lambda s: recount(s, batch_id)))

@@ -16,7 +16,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from batchlib.settings import get_settings
+from db import find_active, get_engine, run_transaction, tenants_with_accounts
 from flows.dispatcher import deployment_for
 from tasks.maintenance import start_tenant_run
 
@@ -27,12 +27,10 @@ TASK_TYPE = "account_check"
 
 @flow(name="nightly-check")
 def nightly_check() -> dict:
-    from db import find_active, get_engine, run_transaction, tenants_with_accounts
-
     logger = get_run_logger()
     deployment = deployment_for(TASK_TYPE)
     assert deployment is not None
-    engine = get_engine(get_settings().database_url.get_secret_value())
+    engine = get_engine()
     tenants = run_transaction(engine, tenants_with_accounts)
     run_key = flow_run.get_id() or f"local-{int(time.time())}"
     started, skipped = {}, {}

@@ -16,7 +16,7 @@ import time
 
 from prefect import flow, get_run_logger
 
-from batchlib.settings import get_settings
+from batchcore.settings import get_settings
 from tasks.maintenance import prune_chunk
 
 __all__ = ["prune"]

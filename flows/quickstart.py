@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from sqlalchemy import bindparam
 
+    from batchcore.settings import get_settings
     from batchlib.seeding import import_accounts
-    from batchlib.settings import get_settings
-    from db import get_engine, upgrade
+    from db import database_url, get_engine, upgrade
     from simulators.account_platform import PlatformSimulator
 
     quiet_prefect()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     with sim:
         os.environ["BATCH_PLATFORM_URL"] = sim.url
         get_settings.cache_clear()
-        url = get_settings().database_url.get_secret_value()
+        url = database_url()
         upgrade(url)
         engine = get_engine(url)
         sim.seed({t: args.accounts for t in seeded}, banned_fraction=0.1, restricted_fraction=0.05)

@@ -28,7 +28,8 @@ import time
 
 from prefect import flow, get_run_logger
 
-from batchlib.settings import get_settings
+from batchcore.settings import get_settings
+from db import get_batch, get_engine, run_transaction
 from flows.dispatcher import deployment_for
 from tasks.maintenance import (
     awaiting_resume,
@@ -125,9 +126,7 @@ def auto_resume_once(max_attempts: int, deployments: dict[str, str] | None = Non
 
 
 def _type_of(batch_id: int) -> str | None:
-    from db import get_batch, get_engine, run_transaction
-
-    engine = get_engine(get_settings().database_url.get_secret_value())
+    engine = get_engine()
     row = run_transaction(engine, lambda s: get_batch(s, batch_id))
     return row.task_type if row is not None else None
 

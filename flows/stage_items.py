@@ -20,11 +20,12 @@ import sys
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from batchcore.errors import BatchError
+from batchcore.settings import get_settings
 from batchlib.batch_types import batch_type_names, get_batch_type
-from batchlib.errors import BatchError
-from batchlib.settings import get_settings
 from batchlib.task_data import read_items_file, summary
 from batchlib.validation import check_admin_id, check_task_name
+from db import create_batch, get_engine, run_transaction, stage_details
 from flows.batch_cli import OneLineParser, file_path, refuse
 
 __all__ = ["main", "stage"]
@@ -32,8 +33,6 @@ __all__ = ["main", "stage"]
 
 def stage(task_type: str, tenant_id: int, path: str, *, task_name: str | None = None, admin_id: int = 0) -> int:
     """Validate the file's items for ``task_type`` and write the pending batch; its id."""
-    from db import create_batch, get_engine, run_transaction, stage_details
-
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     if batch_type.staged_as is None:
@@ -41,7 +40,7 @@ def stage(task_type: str, tenant_id: int, path: str, *, task_name: str | None = 
     name = check_task_name(task_name) or f"{batch_type.title} (tenant {tenant_id}, staged)"
     admin_id = check_admin_id(admin_id)
     request = {batch_type.staged_as: read_items_file(path, columns=batch_type.item_keys)}
-    engine = get_engine(settings.database_url.get_secret_value())
+    engine = get_engine()
     items = run_transaction(engine, lambda s: batch_type.parse(s, tenant_id, request, settings))
     if not items:
         raise BatchError("the file holds no items")

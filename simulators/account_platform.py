@@ -733,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             seed=args.seed,
         )
     if args.accounts_file:
-        from batchlib.account_file import read_accounts_file
+        from batchcore.account_file import read_accounts_file
 
         for row in read_accounts_file(args.accounts_file):
             state.register({

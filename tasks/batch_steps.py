@@ -13,8 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from batchlib.batch_types import get_batch_type
-from batchlib.errors import (
+from batchcore.errors import (
     BatchCancelled,
     BatchError,
     BatchNotClaimable,
@@ -23,8 +22,9 @@ from batchlib.errors import (
     UnknownBatch,
     UnknownBatchType,
 )
+from batchcore.settings import get_settings
+from batchlib.batch_types import get_batch_type
 from batchlib.notify import batch_ended
-from batchlib.settings import get_settings
 from batchlib.task_data import (
     decode_task_data,
     fits_column,
@@ -51,7 +51,7 @@ def owner_name() -> str:
 def _engine():
     from db import get_engine
 
-    return get_engine(get_settings().database_url.get_secret_value())
+    return get_engine()
 
 
 def _tx(fn):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from batchlib.errors import BatchError
+from batchcore.errors import BatchError
 from batchlib.notify import batch_ended
+from db import get_engine, run_transaction, running_batches
+from tasks.batch_steps import finish_with_summary
 
 __all__ = ["mark_cancelled", "mark_crashed", "mark_failed", "close_owned_batches"]
 
@@ -19,11 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> list[int]:
-    from batchlib.settings import get_settings
-    from db import get_engine, run_transaction, running_batches
-    from tasks.batch_steps import finish_with_summary
-
-    engine = get_engine(get_settings().database_url.get_secret_value())
+    engine = get_engine()
     closed = []
     try:
         owned = run_transaction(engine, lambda s: running_batches(s, flow_run_id))

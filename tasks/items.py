@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
 from batchlib.runtime import get_runtime
 from tasks.run_ui import chunk_state, item_state, quiet_returned_failures
 

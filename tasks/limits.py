@@ -23,8 +23,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from batchcore.settings import MAX_CONCURRENCY, Settings
 from batchlib.limiter import ResizableLimiter
-from batchlib.settings import MAX_CONCURRENCY, Settings
 
 __all__ = ["LimitFollower", "LimitSetting", "limit_name", "read_or_create"]
 

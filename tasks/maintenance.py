@@ -10,12 +10,33 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from batchlib.notify import batch_ended
-from batchlib.settings import get_settings
+from batchlib.task_data import task_data_problem
+from db import fail_stale_batches, get_engine, mark_failed_unowned, pending_batches, prune_finished, run_transaction
+from db.maintenance import (
+    dispatch_notes,
+    fail_pending,
+    next_dispatch_attempt,
+    reaped_recently,
+    record_dispatch,
+    record_resume,
+    reserve_auto_resumes,
+    reserve_dispatch,
+    resume_lost,
+    resumes_to_start,
+    running_with_heartbeat,
+)
+from db.maintenance import key_holders as holders
+from tasks.batch_steps import closing_summary
 
 __all__ = [
     "PendingRow", "pending_rows", "key_holders", "row_problem", "dispatch_notes_for", "flow_run_ending",
@@ -29,14 +50,10 @@ FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
 def _engine():
-    from db import get_engine
-
-    return get_engine(get_settings().database_url.get_secret_value())
+    return get_engine()
 
 
 def _tx(fn):
-    from db import run_transaction
-
     return run_transaction(_engine(), fn)
 
 
@@ -53,8 +70,6 @@ class PendingRow:
 
 
 def pending_rows(limit: int) -> list[PendingRow]:
-    from db import pending_batches
-
     return _tx(lambda s: [
         PendingRow(r.id, r.tenant_id, r.task_type, r.task_data, r.create_time) for r in pending_batches(s, limit)
     ])
@@ -62,8 +77,6 @@ def pending_rows(limit: int) -> list[PendingRow]:
 
 def key_holders() -> dict[tuple[int, str], int]:
     """(tenant, type) -> the batch holding it (running, or stopping after a cancel)."""
-    from db.maintenance import key_holders as holders
-
     return _tx(holders)
 
 
@@ -73,8 +86,6 @@ def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
     Only the row itself is read (``batchlib.task_data``: size, nesting, JSON, the type's keys
     and their types); the run checks the items against the database.
     """
-    from batchlib.task_data import task_data_problem
-
     if row.task_type not in known_types:
         known = ", ".join(sorted(known_types)) or "none"
         return f"unknown task_type {str(row.task_type)[:60]!r}: this installation runs {known}"
@@ -82,8 +93,6 @@ def row_problem(row: PendingRow, known_types: dict[str, str]) -> str | None:
 
 
 def dispatch_notes_for(batch_ids: list[int]) -> dict[int, Any]:
-    from db.maintenance import dispatch_notes
-
     return _tx(lambda s: dispatch_notes(s, batch_ids)) if batch_ids else {}
 
 
@@ -92,11 +101,6 @@ def flow_run_ending(flow_run_id: str) -> str | None:
 
     Also None when the API cannot be asked: nothing is decided on a guess.
     """
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     try:
         run_id = UUID(flow_run_id)
     except ValueError:
@@ -125,8 +129,6 @@ def _start_batch(deployment: str, batch_id: int, tenant_id: int, idempotency_key
     """A deployment run that claims (or resumes) one batch row; the server de-duplicates the key.
 
     The deployment's own tags (``batch``, the type) are added by the server."""
-    from prefect.deployments import run_deployment
-
     flow_run = run_deployment(
         deployment,
         parameters={"batch_id": batch_id, "tenant_id": tenant_id},
@@ -141,8 +143,6 @@ def _start_batch(deployment: str, batch_id: int, tenant_id: int, idempotency_key
 @task(name="fail-batch-row", task_run_name="fail-batch-row-{batch_id}", cache_policy=NO_CACHE, persist_result=False)
 def fail_row(batch_id: int, reason: str) -> bool:
     """Mark a pending row the dispatcher cannot start as failed (only while still pending)."""
-    from db.maintenance import fail_pending
-
     failed = _tx(lambda s: fail_pending(s, batch_id, reason))
     get_run_logger().warning("batch %s %s: %s", batch_id, "failed" if failed else "was claimed first", reason)
     return failed
@@ -156,8 +156,6 @@ def start_batch_run(row: PendingRow, deployment: str) -> str | None:
     Two dispatchers racing here read the same note (attempt N) and send the same
     idempotency key: the Prefect server creates one flow run for both.
     """
-    from db.maintenance import record_dispatch, reserve_dispatch
-
     note = _tx(lambda s: reserve_dispatch(s, row.batch_id))
     if note is None:
         return None  # claimed by its run meanwhile
@@ -174,8 +172,6 @@ def start_batch_run(row: PendingRow, deployment: str) -> str | None:
       persist_result=False)
 def restart_batch_run(row: PendingRow, deployment: str, seen: Any, ending: str) -> str | None:
     """A dispatched run ended without claiming its row: start another (one winner per attempt)."""
-    from db.maintenance import next_dispatch_attempt, record_dispatch
-
     note = _tx(lambda s: next_dispatch_attempt(s, seen))
     if note is None:
         return None
@@ -192,15 +188,11 @@ def restart_batch_run(row: PendingRow, deployment: str, seen: Any, ending: str) 
 
 
 def running_batches_seen() -> list[Any]:
-    from db.maintenance import running_with_heartbeat
-
     return _tx(running_with_heartbeat)
 
 
 def _failed_summary(session, batch_id: int) -> str | None:
     """The batch type's closing summary of a batch the reaper fails (e.g. pin_sync's failed pins)."""
-    from tasks.batch_steps import closing_summary
-
     return closing_summary(session, batch_id, "failed", int(time.time()))
 
 
@@ -208,8 +200,6 @@ def _failed_summary(session, batch_id: int) -> str | None:
 def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
     """Close a batch whose flow run is over, unless someone re-claimed it (fenced): failed, or
     cancelled when the admin panel cancelled or deleted it."""
-    from db import mark_failed_unowned
-
     marked = _tx(lambda s: mark_failed_unowned(s, batch_id, fence, reason, summarize=_failed_summary))
     if marked:
         get_run_logger().warning("batch %s closed (its run is gone): %s", batch_id, reason)
@@ -220,8 +210,6 @@ def reap_gone_run(batch_id: int, fence: int, reason: str) -> bool:
 @task(name="reap-stale-batches", cache_policy=NO_CACHE, persist_result=False)
 def reap_stale_batches(stale_after_s: int, reason: str) -> list[int]:
     """Fail running batches with no heartbeat for ``stale_after_s`` (re-checked under row locks)."""
-    from db import fail_stale_batches
-
     now = int(time.time())
     reaped = _tx(lambda s: fail_stale_batches(
         s, now=now, stale_after_s=stale_after_s, reason=reason, summarize=_failed_summary
@@ -244,7 +232,6 @@ class LiveRun:
 
 def live_maintenance_runs() -> list[LiveRun]:
     """Running flow runs of the maintenance flow (an empty list when the API cannot be asked)."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -252,8 +239,6 @@ def live_maintenance_runs() -> list[LiveRun]:
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
-    from prefect.client.schemas.objects import StateType
-
     try:
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
@@ -275,16 +260,12 @@ AUTO_RESUME_WINDOW_S = 600  # only batches reaped this recently are resumed (not
 
 def awaiting_resume(window_s: int = AUTO_RESUME_WINDOW_S) -> bool:
     """Whether the reaper failed a batch recently that no resume was reserved for yet."""
-    from db.maintenance import reaped_recently
-
     return _tx(lambda s: reaped_recently(s, window_s=window_s))
 
 
 @task(name="reserve-auto-resumes", cache_policy=NO_CACHE, persist_result=False)
 def reserve_resumes(max_attempts: int, window_s: int = AUTO_RESUME_WINDOW_S) -> list[Any]:
     """Reserve the next automatic resume of each recently reaped batch (one winner per attempt)."""
-    from db.maintenance import reserve_auto_resumes
-
     reserved, gave_up = _tx(lambda s: reserve_auto_resumes(s, max_attempts=max_attempts, window_s=window_s))
     for batch_id in gave_up:
         get_run_logger().warning(
@@ -294,8 +275,6 @@ def reserve_resumes(max_attempts: int, window_s: int = AUTO_RESUME_WINDOW_S) -> 
 
 
 def resumes_reserved() -> list[Any]:
-    from db.maintenance import resumes_to_start
-
     return _tx(resumes_to_start)
 
 
@@ -303,8 +282,6 @@ def resumes_reserved() -> list[Any]:
       cache_policy=NO_CACHE, persist_result=False)
 def start_resume_run(resume: Any, deployment: str, max_attempts: int) -> str | None:
     """Create the resume run of a reserved attempt and record it (overlapping callers: one run)."""
-    from db.maintenance import record_resume
-
     key = f"auto-resume-{resume.batch_id}-{resume.create_time}-{resume.attempt}"
     tags = ["auto-resume", f"auto-resume-{resume.attempt}"]
     flow_run_id = _start_batch(deployment, resume.batch_id, resume.tenant_id, key, tags)
@@ -321,8 +298,6 @@ def start_resume_run(resume: Any, deployment: str, max_attempts: int) -> str | N
       persist_result=False)
 def resume_run_lost(resume: Any, ending: str) -> bool:
     """The resume run ended without claiming its batch: the next attempt may start."""
-    from db.maintenance import resume_lost
-
     reason = f"auto-resume run {resume.flow_run_id} {ending} before claiming the batch"
     lost = _tx(lambda s: resume_lost(s, resume, reason))
     if lost:
@@ -336,8 +311,6 @@ def resume_run_lost(resume: Any, ending: str) -> bool:
 @task(name="prune-chunk", cache_policy=NO_CACHE, persist_result=False)
 def prune_chunk(before: int, limit: int, hard: bool) -> int:
     """One bounded transaction: remove up to ``limit`` finished batches that ended before ``before``."""
-    from db import prune_finished
-
     return _tx(lambda s: prune_finished(s, before=before, limit=limit, hard=hard))
 
 
@@ -347,8 +320,6 @@ def prune_chunk(before: int, limit: int, hard: bool) -> int:
 @task(name="start-tenant-run", task_run_name="start-{deployment}-tenant-{tenant_id}", cache_policy=NO_CACHE,
       persist_result=False)
 def start_tenant_run(deployment: str, tenant_id: int, parameters: dict[str, Any], idempotency_key: str) -> str:
-    from prefect.deployments import run_deployment
-
     flow_run = run_deployment(
         deployment,
         parameters={"tenant_id": tenant_id, **parameters},

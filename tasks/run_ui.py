@@ -17,9 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prefect.artifacts import MarkdownArtifact, ProgressArtifact, TableArtifact, aupdate_progress_artifact
+from prefect.client.orchestration import get_client
 from prefect.states import Completed, Failed, State
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
+from db import counters, run_transaction
+from db.reports import FailureReport, failure_report
 
 __all__ = [
     "tag_run", "batch_tags", "item_state", "chunk_state", "task_failure", "quiet_returned_failures",
@@ -39,8 +43,6 @@ async def tag_run(flow_run_id: str | None, tenant_id: int, task_type: str) -> No
     """Add the batch's tags to its flow run (a UI or CLI run has only the deployment's, or none)."""
     if flow_run_id is None:
         return
-    from prefect.client.orchestration import get_client
-
     try:
         async with get_client() as client:
             run = await client.read_flow_run(flow_run_id)
@@ -122,8 +124,6 @@ class BatchArtifacts:
         started = time.perf_counter()
         try:
             if self._client is None:
-                from prefect.client.orchestration import get_client
-
                 self._client = await get_client().__aenter__()
             return await fn(self._client, *args, **kwargs)
         except Exception as exc:
@@ -143,10 +143,6 @@ class BatchArtifacts:
 
     async def refresh(self) -> None:
         """Create or update the progress artifact, if the counters moved since it was last shown."""
-        from prefect.artifacts import ProgressArtifact, aupdate_progress_artifact
-
-        from db import counters, run_transaction
-
         try:  # one SELECT by primary key: the counters the admin panel shows
             counts = await asyncio.to_thread(run_transaction, self._engine, lambda s: counters(s, self.batch_id))
         except Exception:  # the mirror is briefly unreachable: the next tick shows it
@@ -191,11 +187,6 @@ class BatchArtifacts:
 
     async def finish(self, status: str, elapsed_s: float, stop_reason: str | None = None) -> None:
         """Final progress, the failures table (if any failed) and the summary."""
-        from prefect.artifacts import MarkdownArtifact, TableArtifact
-
-        from db import run_transaction
-        from db.reports import FailureReport, failure_report
-
         await self.refresh()
         try:
             report = await asyncio.to_thread(

@@ -8,19 +8,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from batchcore.outcomes import ItemOutcome
+from batchcore.settings import Settings
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
-from batchlib.outcomes import ItemOutcome
-from batchlib.settings import Settings
 from batchlib.validation import account_ids_from, check_accounts, check_tenant
+from db import active_account_ids, record_checks
 
 NAME = "account_check"
 
 
 def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settings: Settings) -> list[Item]:
     """``{"account_ids": [...]}``; without it, every active account of the tenant."""
-    from db import active_account_ids
-
     tenant = check_tenant(session, tenant_id)
     raw = task_data.get("account_ids")
     if raw is None:
@@ -41,8 +40,6 @@ async def handle(ctx: ItemContext, account_id: int, item_data: dict[str, Any] | 
 
 def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
     """The accounts table learns each checked account's status and check time."""
-    from db import record_checks
-
     record_checks(
         session,
         [(o.item_id, o.result["status"], now) for o in outcomes if o.status == "success" and o.result],

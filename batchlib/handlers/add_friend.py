@@ -26,11 +26,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
+from batchcore.outcomes import ItemOutcome
+from batchcore.settings import Settings
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
-from batchlib.outcomes import ItemOutcome
-from batchlib.settings import Settings
 from batchlib.validation import account_items, check_friend_uid
+from db import log_friend_requests, sent_today_for_batch, unlogged
 
 NAME = "add_friend"
 NOTES = {
@@ -66,8 +67,6 @@ def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settin
 
 
 def prepare(session: Session, ctx: ItemContext) -> DailyCap:
-    from db import sent_today_for_batch
-
     day = cap_day(ctx.settings)
     return DailyCap(ctx.settings.add_friend_daily_cap, day, sent_today_for_batch(session, ctx.batch_id, day))
 
@@ -94,8 +93,6 @@ async def handle(ctx: ItemContext, account_id: int, item_data: dict[str, Any] | 
 
 def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
     """Log the requests sent (and unlogged pending ones): one multi-row INSERT IGNORE per flush."""
-    from db import log_friend_requests, unlogged
-
     def answered(status: str) -> list[tuple[int, str, int]]:
         return [
             (o.item_id, o.result["friend_uid"], o.result["day"])

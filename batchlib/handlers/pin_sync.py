@@ -34,13 +34,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from batchcore.errors import InvalidItems, PlatformError, PlatformUnavailable
+from batchcore.outcomes import ItemOutcome
+from batchcore.settings import Settings
 from batchlib.backoff import full_jitter
 from batchlib.batch_types import BatchScope, BatchType, Item, register
-from batchlib.errors import InvalidItems, PlatformError, PlatformUnavailable
 from batchlib.item_context import ItemContext
-from batchlib.outcomes import ItemOutcome
-from batchlib.settings import Settings
+from batchlib.kubo_client import KuboClient, PinNotFound
 from batchlib.validation import check_tenant
+from db import failed_items, mark_pins_removed, record_pins, remove_unseen_pins
 
 NAME = "pin_sync"
 PIN_TYPE = "recursive"
@@ -76,8 +78,6 @@ def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settin
 
 
 async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, Any]) -> list[Item]:
-    from batchlib.kubo_client import KuboClient
-
     async with KuboClient.from_settings(settings, tenant_id) as kubo:
         for attempt in range(settings.http_max_retries + 1):
             try:
@@ -92,8 +92,6 @@ async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, An
 
 
 async def handle(ctx: ItemContext, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome:
-    from batchlib.kubo_client import PinNotFound
-
     assert ctx.kubo is not None
     cid = (item_data or {}).get("cid")
     if not isinstance(cid, str):
@@ -109,8 +107,6 @@ async def handle(ctx: ItemContext, item_id: int, item_data: dict[str, Any] | Non
 
 def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
     """Listed pins are present (with their size when the stat worked); vanished ones removed."""
-    from db import mark_pins_removed, record_pins
-
     seen = [(o.result["cid"], PIN_TYPE, o.result.get("size")) for o in outcomes if o.result and not o.result.get("vanished")]
     gone = [o.result["cid"] for o in outcomes if o.result and o.result.get("vanished")]
     record_pins(session, scope.tenant_id, scope.batch_id, seen, now)
@@ -118,8 +114,6 @@ def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: Ba
 
 
 def on_close(session: Session, scope: BatchScope, status: str, now: int) -> str | None:
-    from db import failed_items, remove_unseen_pins
-
     if status == "completed":
         removed = remove_unseen_pins(session, scope.tenant_id, scope.batch_id, now)
         log.info("pin_sync batch %s: %s pins no longer on the node marked removed", scope.batch_id, removed)

@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from batchcore.outcomes import ItemOutcome
+from batchcore.settings import Settings
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
-from batchlib.outcomes import ItemOutcome
-from batchlib.settings import Settings
 from batchlib.validation import account_items
+from db import set_profiles
 
 __all__ = ["profile_change_type"]
 
@@ -35,8 +36,6 @@ def profile_change_type(name: str, title: str, field: str, check: Callable[[Any]
 
     def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: BatchScope) -> None:
         """Our accounts table gets the value the platform confirmed (one UPDATE per 500)."""
-        from db import set_profiles
-
         done = {o.item_id: o.result[field] for o in outcomes if o.status == "success" and o.result}
         set_profiles(session, field, done, now)
 

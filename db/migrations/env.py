@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.pool import NullPool
 
-from db.engine import make_engine
+from db.engine import database_url, make_engine
 from db.models import Base
 
 config = context.config
@@ -16,9 +16,7 @@ def _url() -> str:
     url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
     url = url or config.get_main_option("sqlalchemy.url")
     if not url:
-        from batchlib.settings import get_settings
-
-        url = get_settings().database_url.get_secret_value()
+        url = database_url()
     return str(url)
 
 

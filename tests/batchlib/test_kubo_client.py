@@ -10,9 +10,9 @@ from contextlib import aclosing
 import httpx
 import pytest
 
-from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchcore.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchcore.settings import Settings
 from batchlib.kubo_client import KuboClient, PinNotFound, PinRef, PinStat
-from batchlib.settings import Settings
 from simulators.kubo import KuboSimulator, make_cid
 
 pytestmark = pytest.mark.anyio

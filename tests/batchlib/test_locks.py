@@ -5,7 +5,7 @@ import time
 import pytest
 import redis
 
-from batchlib.errors import BatchAlreadyActive
+from batchcore.errors import BatchAlreadyActive
 from batchlib.locks import RedisLease, lease_key
 
 

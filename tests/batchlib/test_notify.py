@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchlib.errors import InvalidInput
+from batchcore.errors import InvalidInput
 from batchlib.notify import _origin, outcome_of, recipients
 from db.failures import retry_source
 

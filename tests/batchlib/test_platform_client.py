@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.errors import (
+from batchcore.errors import (
     BadPlatformResponse,
     PlatformRejected,
     PlatformUnavailable,
     RateLimited,
     TokenRefreshFailed,
 )
+from batchcore.settings import Settings
+from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.platform_client import AccountState, Credentials, InMemoryTokenStore, PlatformClient
-from batchlib.settings import Settings
 
 ACCESS, REFRESH = "at_secret_access_0001", "rt_secret_refresh_0001"
 NEW_ACCESS, NEW_REFRESH = "at_secret_access_0002", "rt_secret_refresh_0002"

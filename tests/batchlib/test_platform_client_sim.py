@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchlib.errors import (
+from batchcore.errors import (
     BadPlatformResponse,
     PlatformError,
     PlatformRejected,

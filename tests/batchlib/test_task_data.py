@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from batchcore.errors import InvalidItems
+from batchcore.json_text import MAX_DEPTH, decode_json
+from batchcore.settings import Settings
 from batchlib.batch_types import batch_type_names, get_batch_type
-from batchlib.errors import InvalidItems
-from batchlib.settings import Settings
 from batchlib.task_data import (
-    MAX_DEPTH,
     check_task_data,
-    decode_json,
     decode_task_data,
     items_from_file,
     read_items_file,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from batchcore.settings import Settings
 from batchlib.handlers.add_friend import DailyCap, cap_day
 from batchlib.handlers.pin_sync import MAX_KEY, cid_key, keyed
-from batchlib.settings import Settings
 from batchlib.validation import check_avatar_url, check_friend_uid, check_nickname
 from simulators.kubo import make_cid
 

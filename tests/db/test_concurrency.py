@@ -8,7 +8,7 @@ import threading
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
 from db import claim_batch, counters, record_outcomes, recount, run_transaction
 from tests.db.helpers import detail_rows, new_batch, started_batch
 

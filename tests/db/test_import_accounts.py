@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from batchlib.settings import get_settings
+from batchcore.settings import get_settings
 from db.__main__ import main
 from db.engine import make_engine
 from db.migrate import upgrade

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
 from db import (
     counters,
     fail_stale_batches,

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
-from batchlib.errors import BatchAlreadyActive
+from batchcore.errors import BatchAlreadyActive
 from db import run_transaction
 from db.ddl import ORIGINAL_DDL
 from db.engine import make_engine

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from batchlib.errors import AccountTableMismatch
-from batchlib.settings import get_settings
+from batchcore.errors import AccountTableMismatch
+from batchcore.settings import get_settings
 from db.engine import make_engine
 from db.migrate import current, head, upgrade
 from tests.panel_accounts import PANEL_SETTINGS, panel_database, show_create

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session
 
-from batchlib.errors import BatchAlreadyActive, BatchNotClaimable, StaleFence, UnknownBatch
-from batchlib.outcomes import ItemOutcome
+from batchcore.errors import BatchAlreadyActive, BatchNotClaimable, StaleFence, UnknownBatch
+from batchcore.outcomes import ItemOutcome
 from db import (
     Counts,
     Moved,

@@ -10,8 +10,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from batchlib.errors import BatchAlreadyActive, BatchCancelled
-from batchlib.outcomes import ItemOutcome
+from batchcore.errors import BatchAlreadyActive, BatchCancelled
+from batchcore.outcomes import ItemOutcome
 from db import (
     claim_batch,
     counters,

@@ -29,8 +29,8 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
+from batchcore.settings import get_settings
 from batchlib.seeding import import_accounts
-from batchlib.settings import get_settings
 from db import get_engine, upgrade
 from deployments.local_server import free_port
 from simulators.account_platform import PlatformSimulator

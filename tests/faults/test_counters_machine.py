@@ -26,8 +26,8 @@ from hypothesis.stateful import (
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
-from batchlib.errors import StaleFence
-from batchlib.outcomes import ItemOutcome
+from batchcore.errors import StaleFence
+from batchcore.outcomes import ItemOutcome
 from db import (
     add_details,
     claim_batch,

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from batchcore.errors import InvalidInput, UnknownBatchType
+from batchcore.settings import get_settings
 from batchlib.batch_types import batch_type_names, get_batch_type
-from batchlib.errors import InvalidInput, UnknownBatchType
 from batchlib.seeding import import_accounts
-from batchlib.settings import get_settings
 from db import run_transaction
 from flows.account_check import account_check
 from tasks.batch_steps import Refusal, describe_batch, open_batch

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from batchcore.settings import get_settings
 from batchlib.platform_client import PlatformClient
-from batchlib.settings import get_settings
 from batchlib.token_store import DbTokenStore
 from flows.account_check import account_check
 from tests.faults.conftest import FaultEnv, at_progress, run

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import Engine, text
 
+from batchcore.settings import get_settings
 from batchlib.seeding import account_id_for, import_accounts
-from batchlib.settings import get_settings
 from db import counters, get_engine, recount, run_transaction, upgrade
 from simulators.account_platform import PlatformSimulator
 

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
+from batchcore.settings import get_settings
 from batchlib.handlers.add_friend import cap_day
-from batchlib.settings import get_settings
 from flows.add_friend import add_friend
 from tests.flows.conftest import BatchEnv, items_of
 

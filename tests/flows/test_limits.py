@@ -18,7 +18,7 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitUpdate,
 )
 
-from batchlib.settings import get_settings
+from batchcore.settings import get_settings
 from deployments.local_server import free_port
 from flows.account_check import account_check
 from tasks.limits import LimitFollower

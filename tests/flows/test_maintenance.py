@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Crashed, Running
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
 from db import (
     add_details,
     claim_batch,

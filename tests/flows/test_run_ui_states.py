@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from batchlib.outcomes import ItemOutcome
+from batchcore.outcomes import ItemOutcome
 from tasks.run_ui import _ReturnedFailure, chunk_state, item_state
 
 

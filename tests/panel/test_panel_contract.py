@@ -29,8 +29,8 @@ import pytest
 import redis
 from prefect import flow
 
+from batchcore.settings import get_settings
 from batchlib.seeding import account_id_for, import_accounts
-from batchlib.settings import get_settings
 from db import counters, make_engine, recount, run_transaction
 from db.ddl import ORIGINAL_DDL
 from db.migrate import upgrade

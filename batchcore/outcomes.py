@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ItemOutcome", "FinalStatus", "ERROR_MESSAGE_MAX"]
+__all__ = ["ItemOutcome", "FinalStatus", "ERROR_TEXT_MAX", "truncate_error"]
 
 FinalStatus = Literal["success", "failed", "skipped"]
-ERROR_MESSAGE_MAX = 1000
+# The one cut for error text: an item's and a batch's error_message (both TEXT columns).
+ERROR_TEXT_MAX = 2000
+
+
+def truncate_error(text: str | None) -> str | None:
+    return None if text is None else text[:ERROR_TEXT_MAX]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,4 +29,4 @@ class ItemOutcome:
 
     @classmethod
     def failed(cls, item_id: int, error: str, **result: Any) -> "ItemOutcome":
-        return cls(item_id, "failed", result or None, error[:ERROR_MESSAGE_MAX])
+        return cls(item_id, "failed", result or None, truncate_error(error))

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batchlib.errors import InvalidItems
+from batchcore.errors import InvalidItems
 
 __all__ = ["FIELDS", "REQUIRED", "read_accounts_file"]
 
