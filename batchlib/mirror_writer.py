@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -22,13 +22,16 @@ from sqlalchemy.orm import Session
 
 from batchcore.errors import StaleFence
 from batchcore.outcomes import ItemOutcome
+from batchlib.batch_types import Apply, BatchScope
+from batchlib.outage import OutagePolicy
 from db import BatchTask, heartbeat, record_outcomes, run_transaction
+from db.statuses import CANCELLED
 
-__all__ = ["MirrorWriter", "FlushStats"]
+__all__ = ["MirrorWriter", "FlushStats", "TAKEN_OVER", "CANCELLED"]
 
 log = logging.getLogger(__name__)
 
-Apply = Callable[[Session, Sequence[ItemOutcome], int], None]
+TAKEN_OVER = "taken over by another run"  # the stop reason when a flush finds the fence stale
 
 
 @dataclass(slots=True)
@@ -43,16 +46,18 @@ class MirrorWriter:
     def __init__(
         self,
         engine: Engine,
-        batch_id: int,
+        scope: BatchScope,
         fence: int,
         *,
         apply: Apply | None = None,
+        on_stop: Callable[[str], None] | None = None,
         interval: float = 0.5,
         max_items: int = 500,
         heartbeat_s: float = 5.0,
     ) -> None:
         self._engine = engine
-        self.batch_id = batch_id
+        self._scope = scope
+        self.batch_id = scope.batch_id
         self.fence = fence
         self._apply = apply
         self._interval = interval
@@ -68,9 +73,9 @@ class MirrorWriter:
         self.stale = False  # another run owns the batch now
         self.error: BaseException | None = None  # the database stayed unreachable past the retry budget
         self.error_since: float | None = None  # monotonic time of the first failed flush of this outage
-        self.on_progress: Callable[[int], None] | None = None
-        self.on_stale: Callable[[], None] | None = None  # called at once when a flush finds the fence stale
-        self.on_cancel: Callable[[], None] | None = None  # called at once when a flush finds the row cancelled
+        # Called at once with TAKEN_OVER when a flush finds the fence stale, with CANCELLED when
+        # a flush or read finds the row cancelled or deleted: the run stops starting items.
+        self._on_stop = on_stop or (lambda reason: None)
 
     def add(self, outcome: ItemOutcome) -> None:
         self._buffer.append((time.monotonic(), outcome))
@@ -96,11 +101,11 @@ class MirrorWriter:
             else:
                 await self._peek_safely()
 
-    async def close(self, patience_s: float = 0.0) -> None:
+    async def close(self, outage: OutagePolicy | None = None) -> None:
         """Final flush of whatever is buffered (called once processing has stopped).
 
-        During a database outage it keeps trying until the outage has lasted ``patience_s``
-        (counted from the first failed flush): a batch whose last items finish while the
+        During a database outage it keeps trying until ``outage`` gives up (counted from the
+        first failed flush; no policy: one try): a batch whose last items finish while the
         database restarts still records them (found by tests/faults: they were dropped).
         """
         self._closing = True
@@ -112,7 +117,7 @@ class MirrorWriter:
             await self._flush_safely()
             if self.error is None:
                 continue
-            if self.error_since is None or time.monotonic() - self.error_since >= patience_s:
+            if outage is None or self.error_since is None or outage.exhausted(self.error_since):
                 return
             await asyncio.sleep(min(0.5, self._interval))
 
@@ -131,12 +136,11 @@ class MirrorWriter:
             batch, self._buffer = self._buffer, []
             try:
                 await asyncio.to_thread(self._write_batch, batch)
-                if self.cancel_requested and self.on_cancel is not None:
-                    self.on_cancel()
+                if self.cancel_requested:
+                    self._on_stop(CANCELLED)
             except StaleFence:
                 self.stale = True
-                if self.on_stale is not None:
-                    self.on_stale()
+                self._on_stop(TAKEN_OVER)
             except Exception as exc:  # database down past the retry budget
                 log.error("mirror flush of batch %s failed: %s", self.batch_id, type(exc).__name__)
                 self._buffer[:0] = batch  # keep them for the next try / the final flush
@@ -153,15 +157,14 @@ class MirrorWriter:
             return
         if cancelled:
             self.cancel_requested = True
-            if self.on_cancel is not None:
-                self.on_cancel()
+            self._on_stop(CANCELLED)
 
     def _read_cancel(self, session: Session) -> bool:
         """Whether the admin panel cancelled, soft-deleted (or deleted) the row."""
         row = session.execute(
             select(BatchTask.task_status, BatchTask.delete_time).where(BatchTask.id == self.batch_id)
         ).one_or_none()
-        return row is None or row.task_status == "cancelled" or row.delete_time is not None
+        return row is None or row.task_status == CANCELLED or row.delete_time is not None
 
     def _write_batch(self, batch: list[tuple[float, ItemOutcome]]) -> None:
         outcomes = [o for _, o in batch]
@@ -177,8 +180,6 @@ class MirrorWriter:
             self.stats.max_lag_s = max(self.stats.max_lag_s, now - min(t for t, _ in batch))
         if cancelled:
             self.cancel_requested = True
-        if self.on_progress is not None and outcomes:
-            self.on_progress(moved)
 
     def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
         """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""
@@ -186,7 +187,7 @@ class MirrorWriter:
         if outcomes:
             moved = record_outcomes(session, self.batch_id, self.fence, outcomes, now).total
             if self._apply is not None:
-                self._apply(session, outcomes, now)
+                self._apply(session, outcomes, now, self._scope)
         else:
             heartbeat(session, self.batch_id, self.fence, now)
             moved = 0

@@ -1,16 +1,23 @@
-"""The batch lifecycle steps, each a short database transaction run as a Prefect task."""
+"""The batch lifecycle's database steps, each one or a few short transactions.
+
+``flows.batch_runner.BatchRun`` calls them in order: describe (an existing row), open (validate,
+claim, detail rows), close (final state from a recount). A refusal is raised once, as a
+``BatchError``, and the flow maps it to a state once. They are plain functions, not Prefect
+tasks: a refused request is not a failed task run with a traceback, and a batch costs three
+task runs fewer.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchcore.errors import (
@@ -23,7 +30,7 @@ from batchcore.errors import (
     UnknownBatchType,
 )
 from batchcore.settings import get_settings
-from batchlib.batch_types import get_batch_type
+from batchlib.batch_types import BatchScope, get_batch_type
 from batchlib.notify import batch_ended
 from batchlib.task_data import (
     decode_task_data,
@@ -34,13 +41,29 @@ from batchlib.task_data import (
     validate_request,
 )
 from batchlib.validation import check_admin_id, check_task_name
+from db import (
+    add_details,
+    check_fence,
+    claim_batch,
+    create_batch,
+    finish_batch,
+    get_batch,
+    get_engine,
+    recount,
+    run_transaction,
+    set_total,
+    staged_details,
+)
+from db import statuses as st
+from db._util import TASK
 from db.failures import retry_items, retry_source
+from db.maintenance import fail_pending
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = [
-    "Refusal", "refusals_as_values", "BatchRow", "OpenedBatch", "describe_batch", "open_batch", "close_batch", "counts_dict", "owner_name",
+    "refuse_outages", "BatchRow", "OpenedBatch", "describe_batch", "open_batch", "close_batch", "counts_dict", "owner_name",
 ]
 
 
@@ -48,43 +71,19 @@ def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _engine():
-    from db import get_engine
-
-    return get_engine()
-
-
 def _tx(fn):
-    from db import run_transaction
-
-    return run_transaction(_engine(), fn)
+    return run_transaction(get_engine(), fn)
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A request refused for a reason the user can act on (returned, not raised, so no traceback)."""
-
-    kind: str
-    message: str
-    cancelled: tuple[int, str] | None = None  # (batch id, "cancelled"/"deleted") of a BatchCancelled
-
-    def raise_(self) -> NoReturn:
-        if self.cancelled is not None:
-            raise BatchCancelled(*self.cancelled)
-        raise BatchError(self.message)
-
-
-def refusals_as_values(fn: Callable[P, R]) -> Callable[P, R | Refusal]:
+def refuse_outages(fn: Callable[P, R]) -> Callable[P, R]:
+    """A mirror still unreachable after ``run_transaction``'s retries, while a run opens, is a
+    refusal the user can act on ("try again later"), not a traceback."""
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refusal:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except BatchCancelled as exc:
-            return Refusal(type(exc).__name__, str(exc), (exc.batch_id, exc.status))
-        except BatchError as exc:
-            return Refusal(type(exc).__name__, str(exc))
-        except (OperationalError, InterfaceError) as exc:  # still unreachable after run_transaction's retries
-            return Refusal("DatabaseUnavailable", f"the mirror database is unreachable ({_db_error(exc)}); try again later")
+        except (OperationalError, InterfaceError) as exc:
+            raise BatchError(f"the mirror database is unreachable ({_db_error(exc)}); try again later") from None
 
     return wrapper
 
@@ -113,8 +112,7 @@ class OpenedBatch:
     error: str | None = None  # set when the batch was closed as failed while opening
 
 
-@task(name="describe-batch", cache_policy=NO_CACHE, persist_result=False)
-@refusals_as_values
+@refuse_outages
 def describe_batch(batch_id: int, task_type: str) -> BatchRow:
     """Read an existing batch row (admin panel insert, or one to resume).
 
@@ -124,16 +122,13 @@ def describe_batch(batch_id: int, task_type: str) -> BatchRow:
     A pending row whose task_data cannot be read (see ``batchlib.task_data``) is marked failed
     with the reason; nothing else is written.
     """
-    from db import get_batch
-    from db.maintenance import fail_pending
-
     row = _tx(lambda s: get_batch(s, batch_id))
     if row is None:
         raise UnknownBatch(batch_id)
     if row.delete_time is not None:
         raise BatchCancelled(batch_id, "deleted")
-    if row.task_status == "cancelled" and row.start_time is None:
-        raise BatchCancelled(batch_id, "cancelled")
+    if row.task_status == st.CANCELLED and row.start_time is None:
+        raise BatchCancelled(batch_id, st.CANCELLED)
     if row.task_type != task_type:
         raise BatchNotClaimable(batch_id, row.task_status, f"it is a {row.task_type} batch, not {task_type}")
     try:
@@ -145,8 +140,7 @@ def describe_batch(batch_id: int, task_type: str) -> BatchRow:
     return BatchRow(row.id, row.tenant_id, row.task_type, row.task_status, data)
 
 
-@task(name="open-batch", cache_policy=NO_CACHE, persist_result=False)
-@refusals_as_values
+@refuse_outages
 def open_batch(
     task_type: str,
     tenant_id: int,
@@ -174,9 +168,6 @@ def open_batch(
     with that reason and no detail rows (a resume collects again).
     Detail rows are inserted in one transaction (multi-row INSERTs), so they are all there or none.
     """
-    from db import add_details, claim_batch, create_batch, get_batch, recount, set_total, staged_details
-    from db.statuses import PENDING
-
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     owner = owner_name()
@@ -186,7 +177,7 @@ def open_batch(
         if batch_id is None or recount(session, batch_id).total == 0:
             return False, False
         row = get_batch(session, batch_id)
-        return True, row is not None and row.task_status == PENDING
+        return True, row is not None and row.task_status == st.PENDING
 
     has_rows, staged = _tx(existing)
     resuming = has_rows and not staged
@@ -235,7 +226,7 @@ def open_batch(
 
     claimed = _tx(claim)
     if collect_error is not None and not resuming:
-        _finish(claimed.batch_id, claimed.fence, "failed", collect_error)
+        _finish(claimed.batch_id, claimed.fence, st.FAILED, collect_error)
         return OpenedBatch(claimed.batch_id, claimed.fence, 0, 0, resuming, collect_error)
     step = settings.detail_insert_chunk
 
@@ -250,7 +241,7 @@ def open_batch(
     counts = _tx(details)
     if counts.pending == 0:
         # Nothing left to do (a resume of a batch whose items all finished): close it now.
-        _finish(claimed.batch_id, claimed.fence, "completed")
+        _finish(claimed.batch_id, claimed.fence, st.COMPLETED)
     return OpenedBatch(claimed.batch_id, claimed.fence, counts.total, counts.pending, resuming)
 
 
@@ -263,25 +254,18 @@ def _retry_items(session, batch_type, tenant_id: int, task_data: dict[str, Any])
 
 
 def _fail_row(batch_id: int, owner: str, flow_run_id: str | None, reason: str) -> None:
-    from db import claim_batch, finish_batch
-
     def fail(session) -> None:
         claimed = claim_batch(session, batch_id, owner=owner, flow_run_id=flow_run_id)
-        finish_batch(session, batch_id, claimed.fence, "failed", reason)
+        finish_batch(session, batch_id, claimed.fence, st.FAILED, reason)
 
     _tx(fail)
 
 
-@task(name="close-batch", cache_policy=NO_CACHE, persist_result=False)
 def close_batch(batch_id: int, fence: int, status: str, error_message: str | None = None) -> dict[str, Any]:
     """Final state + counters from a recount (fenced: a run that lost the batch writes nothing).
 
     Returns the counts and the ``status`` the row ended in: ``cancelled`` when the admin panel
     cancelled or deleted it meanwhile, whatever was asked."""
-    from sqlalchemy import select
-
-    from db._util import TASK
-
     def close(session) -> dict[str, Any]:
         counts = finish_with_summary(session, batch_id, fence, status, error_message)
         final = session.execute(select(TASK.c.task_status).where(TASK.c.id == batch_id)).scalar_one()
@@ -302,10 +286,6 @@ def finish_with_summary(session, batch_id: int, fence: int, status: str, error_m
     """finish_batch, preceded in the same transaction by the type's ``on_close`` (if any), whose
     summary is appended to ``error_message``. Every path that finishes a batch it owns comes here:
     the runner's close, and the hooks of a cancelled, crashed or failed flow run."""
-    import time
-
-    from db import check_fence, finish_batch
-
     now = int(time.time())
     check_fence(session, batch_id, fence, now)  # a stale run must not run side effects
     message = _with_summary(error_message, closing_summary(session, batch_id, status, now))
@@ -315,9 +295,6 @@ def finish_with_summary(session, batch_id: int, fence: int, status: str, error_m
 def closing_summary(session, batch_id: int, status: str, now: int) -> str | None:
     """What the batch type's ``on_close`` has to say about a batch ending in ``status`` (e.g.
     pin_sync's first failed pins); None for types without one. Also used by the reaper."""
-    from batchlib.batch_types import BatchScope
-    from db import get_batch
-
     row = get_batch(session, batch_id)
     try:
         on_close = get_batch_type(row.task_type).on_close if row is not None else None

@@ -13,6 +13,7 @@ import logging
 from batchcore.errors import BatchError
 from batchlib.notify import batch_ended
 from db import get_engine, run_transaction, running_batches
+from db import statuses as st
 from tasks.batch_steps import finish_with_summary
 
 __all__ = ["mark_cancelled", "mark_crashed", "mark_failed", "close_owned_batches"]
@@ -42,13 +43,13 @@ def close_owned_batches(flow_run_id: str, status: str, reason: str | None) -> li
 
 
 def mark_cancelled(flow, flow_run, state) -> None:
-    close_owned_batches(str(flow_run.id), "cancelled", None)
+    close_owned_batches(str(flow_run.id), st.CANCELLED, None)
 
 
 def mark_crashed(flow, flow_run, state) -> None:
-    close_owned_batches(str(flow_run.id), "failed", f"flow run crashed: {state.message or state.type}")
+    close_owned_batches(str(flow_run.id), st.FAILED, f"flow run crashed: {state.message or state.type}")
 
 
 def mark_failed(flow, flow_run, state) -> None:
     """A run that failed without closing its batch (an unexpected error) leaves it failed, not running."""
-    close_owned_batches(str(flow_run.id), "failed", f"flow run failed: {state.message or state.type}")
+    close_owned_batches(str(flow_run.id), st.FAILED, f"flow run failed: {state.message or state.type}")

@@ -1,25 +1,44 @@
 """Per-item work as Prefect tasks: one task run per account, or one per chunk of items.
 
-Both look up the batch's live runtime (client, mirror, limit) by batch id; neither takes
-or returns a token. Outcomes go to the mirror writer as they happen.
+Both work for the batch run that started them (``flows.batch_runner.BatchRun``), which they
+find in ``RUN``, a context variable the run sets before it starts any item: asyncio copies the
+context into every task it creates, so each task run sees its own batch's run and no other.
+The run is not a task parameter because Prefect walks every parameter of every task run
+(twice) and formats run names from them: a live object holding HTTP clients and buffers
+would be walked per item and could end up in a task run's record. Neither task takes or
+returns a token. Outcomes go to the run's mirror writer as they happen.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from batchcore.outcomes import ItemOutcome
-from batchlib.runtime import get_runtime
+from batchlib.limiter import ResizableLimiter
 from tasks.run_ui import chunk_state, item_state, quiet_returned_failures
 
-__all__ = ["process_item", "process_chunk"]
+__all__ = ["RUN", "ItemRunner", "process_item", "process_chunk"]
 
 quiet_returned_failures()
+
+
+class ItemRunner(Protocol):
+    """What the item tasks need of their batch run."""
+
+    limit: ResizableLimiter
+
+    async def process(self, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None: ...
+
+    def take_chunk(self, first_id: int) -> list[tuple[int, dict[str, Any] | None]]: ...
+
+
+RUN: ContextVar[ItemRunner] = ContextVar("batch_run")
 
 
 @task(
@@ -33,7 +52,7 @@ async def process_item(
 ) -> ItemOutcome | None | State:
     """One item; the caller already holds a slot of the (tenant, type) limit. A failed item ends
     the task run Failed with its reason (the outcome is recorded all the same)."""
-    return item_state(await get_runtime(batch_id).process(item_id, item_data))
+    return item_state(await RUN.get().process(item_id, item_data))
 
 
 @task(
@@ -43,14 +62,14 @@ async def process_item(
     persist_result=False,
 )
 async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: int) -> State:
-    """The items the runner staged from ``first_id`` to ``last_id``, each under a slot of the
+    """The items the run staged from ``first_id`` to ``last_id``, each under a slot of the
     (tenant, type) limit; ends with counts by status in its message, Failed if any item failed."""
-    runtime = get_runtime(batch_id)
-    items = runtime.take_chunk(first_id)
+    run = RUN.get()
+    items = run.take_chunk(first_id)
 
     async def one(item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None:
-        async with runtime.limit:
-            return await runtime.process(item_id, item_data)
+        async with run.limit:
+            return await run.process(item_id, item_data)
 
     outcomes = await asyncio.gather(*(one(i, d) for i, d in items))
     counts: dict[str, int] = {"success": 0, "failed": 0, "skipped": 0, "not_started": 0}

@@ -22,6 +22,7 @@ from prefect.exceptions import ObjectNotFound
 from batchlib.notify import batch_ended
 from batchlib.task_data import task_data_problem
 from db import fail_stale_batches, get_engine, mark_failed_unowned, pending_batches, prune_finished, run_transaction
+from db import statuses as st
 from db.maintenance import (
     dispatch_notes,
     fail_pending,
@@ -193,7 +194,7 @@ def running_batches_seen() -> list[Any]:
 
 def _failed_summary(session, batch_id: int) -> str | None:
     """The batch type's closing summary of a batch the reaper fails (e.g. pin_sync's failed pins)."""
-    return closing_summary(session, batch_id, "failed", int(time.time()))
+    return closing_summary(session, batch_id, st.FAILED, int(time.time()))
 
 
 @task(name="reap-gone-run", task_run_name="reap-batch-{batch_id}", cache_policy=NO_CACHE, persist_result=False)

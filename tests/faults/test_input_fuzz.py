@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from batchcore.errors import InvalidInput, UnknownBatchType
+from batchcore.errors import BatchError, InvalidInput, InvalidItems, UnknownBatchType
 from batchcore.settings import get_settings
 from batchlib.batch_types import batch_type_names, get_batch_type
 from batchlib.seeding import import_accounts
 from db import run_transaction
 from flows.account_check import account_check
-from tasks.batch_steps import Refusal, describe_batch, open_batch
+from tasks.batch_steps import describe_batch, open_batch
 from tests.faults.conftest import REPO, FaultEnv, run, subprocess_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -91,14 +91,15 @@ def test_fuzzed_flow_parameters_are_refused(fuzz_env: FaultEnv) -> None:
         with pytest.raises(InvalidInput) as caught:
             run_transaction(fuzz_env.engine, lambda s: account_check_type.parse(s, tenant_id, task_data, settings_))
         assert_clear(str(caught.value))
-        refusal = open_batch.fn("account_check", tenant_id, task_data, task_name="fuzz", create_admin_id=1,
-                                batch_id=None, flow_run_id=None)
+        with pytest.raises(BatchError) as refused:
+            open_batch("account_check", tenant_id, task_data, task_name="fuzz", create_admin_id=1,
+                       batch_id=None, flow_run_id=None)
         # The same refusal, or the shape check every request passes first (e.g. "must be a list").
-        assert isinstance(refusal, Refusal)
-        assert refusal.kind == "InvalidItems" or refusal.message == str(caught.value)
-        assert_clear(refusal.message)
+        refusal = str(refused.value)
+        assert type(refused.value) is InvalidItems or refusal == str(caught.value)
+        assert_clear(refusal)
         if isinstance(ids, list) and len(ids) > MAX:
-            assert refusal.message == f"too many items: {len(ids)} (at most {MAX} per batch)"
+            assert refusal == f"too many items: {len(ids)} (at most {MAX} per batch)"
         assert_nothing_written(fuzz_env)
 
     check()
@@ -110,8 +111,8 @@ def test_unknown_batch_types_are_refused(fuzz_env: FaultEnv, name: str) -> None:
     with pytest.raises(UnknownBatchType) as caught:
         get_batch_type(name)
     assert all(t in str(caught.value) for t in batch_type_names())
-    refusal = open_batch.fn(name, TENANT, {}, task_name="fuzz", create_admin_id=1, batch_id=None, flow_run_id=None)
-    assert isinstance(refusal, Refusal) and refusal.kind == "UnknownBatchType"
+    with pytest.raises(UnknownBatchType):
+        open_batch(name, TENANT, {}, task_name="fuzz", create_admin_id=1, batch_id=None, flow_run_id=None)
     assert_nothing_written(fuzz_env)
 
 
@@ -147,12 +148,11 @@ def test_fuzzed_admin_rows_are_refused(fuzz_env: FaultEnv) -> None:
             return  # a valid request
         batch_id = fuzz_env.insert_pending(tenant_id, "account_check", data)
         try:
-            row = describe_batch.fn(batch_id, "account_check")
-            refusal = row if isinstance(row, Refusal) else open_batch.fn(
-                "account_check", row.tenant_id, row.task_data, task_name="panel", create_admin_id=1,
-                batch_id=batch_id, flow_run_id=None)
-            assert isinstance(refusal, Refusal), refusal
-            assert_clear(refusal.message)
+            with pytest.raises(BatchError) as refused:
+                row = describe_batch(batch_id, "account_check")
+                open_batch("account_check", row.tenant_id, row.task_data, task_name="panel", create_admin_id=1,
+                           batch_id=batch_id, flow_run_id=None)
+            assert_clear(str(refused.value))
             status, error = fuzz_env.sql("SELECT task_status, error_message FROM la_batch_task WHERE id = :b",
                                          b=batch_id)[0]
             if status == "failed":
@@ -201,9 +201,8 @@ def test_valid_ids_beyond_the_task_data_column_are_accepted(fuzz_env: FaultEnv) 
     ids = import_accounts(fuzz_env.engine, [
         {"uid": f"u9-{n:06d}", "tenant_id": 9, "access_token": "x", "refresh_token": "y"} for n in range(1, 10_001)
     ])
-    opened = open_batch.fn("account_check", 9, {"account_ids": ids}, task_name="big", create_admin_id=1,
-                           batch_id=None, flow_run_id=None)
-    assert not isinstance(opened, Refusal), opened
+    opened = open_batch("account_check", 9, {"account_ids": ids}, task_name="big", create_admin_id=1,
+                        batch_id=None, flow_run_id=None)
     assert (opened.total, opened.pending) == (10_000, 10_000)
     (task_data,) = fuzz_env.sql("SELECT task_data FROM la_batch_task WHERE id = :b", b=opened.batch_id)[0]
     assert json.loads(task_data) == {"items_count": 10_000, "source": "flow parameters"}
