@@ -1,5 +1,13 @@
 """The registry of batch types: how each one validates its input and handles one item.
 
+A batch type is declared once, by a module of ``batchlib.handlers`` that calls ``register``
+(the registry imports every module of that package), plus its flow module
+``flows/<name>.py`` whose ``@batch_flow(TASK_TYPE)`` function is also named ``<name>``. Everything
+else derives from the declaration: the flow and deployment name (``account_check`` ->
+``account-check/account-check``), the dispatcher's map, the batch deployments in prefect.yaml
+and the table in docs/batch-types.md (``python -m deployments.generate --write`` rewrites both;
+a test fails when they differ).
+
 A batch type is data, not a class hierarchy:
 
 - ``parse(session, tenant_id, task_data, settings)`` validates the whole request against the
@@ -29,6 +37,8 @@ A batch type is data, not a class hierarchy:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +50,7 @@ from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings
 from batchlib.item_context import ItemContext
 
-__all__ = ["Item", "BatchType", "BatchScope", "register", "get_batch_type", "batch_type_names"]
+__all__ = ["Item", "BatchType", "BatchScope", "register", "get_batch_type", "batch_type_names", "batch_types"]
 
 Item = tuple[int, dict[str, Any] | None]
 Parse = Callable[[Session, int, Mapping[str, Any], Settings], list[Item]]
@@ -77,6 +87,21 @@ class BatchType:
     staged_as: str | None = None
     item_keys: tuple[str, ...] = ("account_id",)
 
+    @property
+    def flow_name(self) -> str:
+        """The Prefect flow's (and its deployment's) name: ``account_check`` -> ``account-check``."""
+        return self.name.replace("_", "-")
+
+    @property
+    def deployment(self) -> str:
+        """What the dispatcher and the reaper run: ``"<flow name>/<deployment name>"``."""
+        return f"{self.flow_name}/{self.flow_name}"
+
+    @property
+    def entrypoint(self) -> str:
+        """The flow function, ``flows/<name>.py:<name>`` (prefect.yaml's entrypoint)."""
+        return f"flows/{self.name}.py:{self.name}"
+
 
 _REGISTRY: dict[str, BatchType] = {}
 
@@ -86,9 +111,20 @@ def register(batch_type: BatchType) -> BatchType:
     return batch_type
 
 
+_loaded = False
+
+
 def _load_builtin() -> None:
-    # Importing the handler modules registers them.
-    import batchlib.handlers  # noqa: F401
+    """Import every module of ``batchlib.handlers``: each one registers its type. (Imported
+    here, not at the top: the handler modules import this one.)"""
+    global _loaded
+    if _loaded:
+        return
+    import batchlib.handlers
+
+    for module in pkgutil.iter_modules(batchlib.handlers.__path__):
+        importlib.import_module(f"batchlib.handlers.{module.name}")
+    _loaded = True
 
 
 def get_batch_type(name: object) -> BatchType:
@@ -101,3 +137,9 @@ def get_batch_type(name: object) -> BatchType:
 def batch_type_names() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
+
+
+def batch_types() -> list[BatchType]:
+    """Every registered type, by name."""
+    _load_builtin()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]

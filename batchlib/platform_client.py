@@ -241,6 +241,10 @@ class PlatformClient:
         data = await self._call(account_id, "POST", "/v1/me/avatar", {"avatar_url": avatar_url})
         return _strings(data, "uid", "avatar_url")
 
+    async def change_bio(self, account_id: int, bio: str) -> dict[str, str]:
+        data = await self._call(account_id, "POST", "/v1/me/bio", {"bio": bio})
+        return _strings(data, "uid", "bio")
+
     async def add_friend(self, account_id: int, friend_uid: str) -> FriendStatus:
         """``sent``, ``pending`` (asked before, e.g. by a retried call) or ``already_friends``."""
         data = await self._call(account_id, "POST", "/v1/me/friends", {"friend_uid": friend_uid})

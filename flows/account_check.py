@@ -25,7 +25,7 @@ from flows.params import (
 TASK_TYPE = "account_check"
 
 
-@batch_flow("account-check")
+@batch_flow(TASK_TYPE)
 async def account_check(
     tenant_id: TenantId = None,
     account_ids: AccountIds = None,

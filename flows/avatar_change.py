@@ -16,35 +16,15 @@ from flows.params import BatchId, CreateAdminId, Items, ItemsFile, RetryFailedOf
 TASK_TYPE = "avatar_change"
 
 
-@batch_flow("avatar-change")
+@batch_flow(TASK_TYPE)
 async def avatar_change(
-    tenant_id: TenantId = None,
-    items: Items = None,
-    task_name: TaskName = None,
-    create_admin_id: CreateAdminId = 0,
-    batch_id: BatchId = None,
-    takeover: Takeover = False,
-    items_file: ItemsFile = None,
+    tenant_id: TenantId = None, items: Items = None, task_name: TaskName = None, create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None, takeover: Takeover = False, items_file: ItemsFile = None,
     retry_failed_of: RetryFailedOf = None,
 ):
-    """Set the avatar of accounts of one tenant.
-
-    ``items``: ``[{"account_id": ..., "avatar_url": ...}, ...]``, one per account of the tenant.
-
-    ``items_file``: instead of ``items``, the path of a JSON or CSV file of items on the host
-    running the flow (a worker reads only under ``BATCH_ITEMS_DIR`` when that is set); its items
-    go to the detail rows and the batch row keeps their count.
-
-    ``batch_id`` claims an existing batch row (inserted by the admin panel) or resumes a
-    failed/cancelled one: only items still pending are processed. ``takeover`` also claims
-    a batch still marked running whose run is gone (its lease expired): the old owner is
-    fenced out. ``retry_failed_of`` starts a new batch of the failed items of that finished batch.
-    """
-    return await run_items_flow(
-        TASK_TYPE, tenant_id=tenant_id, items=items, task_name=task_name,
-        create_admin_id=create_admin_id, batch_id=batch_id, takeover=takeover,
-        items_file=items_file, retry_failed_of=retry_failed_of,
-    )
+    """Set the avatar of accounts of one tenant. ``items``: ``[{"account_id": ..., "avatar_url": ...}, ...]``,
+    one per account of the tenant (or ``items_file``); the other parameters as for every batch type."""
+    return await run_items_flow(TASK_TYPE, **locals())
 
 
 def main(argv: list[str] | None = None) -> int:

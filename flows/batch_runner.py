@@ -119,9 +119,11 @@ class BatchRequest:
 # -- the flow side: decorator, body, state ------------------------------------------------------
 
 
-def batch_flow(name: str):
-    """The ``@flow`` of a batch type: readable run names, and hooks that mirror a run's ending
-    (cancelled, crashed, failed) into its batch row when the runner could not close it."""
+def batch_flow(task_type: str, *, name: str | None = None):
+    """The ``@flow`` of batch type ``task_type`` (named after it, e.g. ``account-check``, unless
+    ``name`` is given): readable run names, documented parameters, and hooks that mirror a run's
+    ending (cancelled, crashed, failed) into its batch row when the runner could not close it."""
+    name = name or get_batch_type(task_type).flow_name
     decorate = flow(
         name=name,
         flow_run_name=batch_run_name(name),

@@ -33,6 +33,7 @@ from dataclasses import replace
 
 from prefect import flow, get_run_logger
 
+from batchlib.batch_types import batch_types
 from tasks.maintenance import (
     dispatch_notes_for,
     fail_row,
@@ -46,15 +47,9 @@ from tasks.maintenance import (
 
 __all__ = ["DEPLOYMENTS", "deployment_for", "dispatcher", "dispatch_once"]
 
-# task_type -> the deployment ("flow name/deployment name") that runs it. A new batch type
-# is one line here (and its deployment in prefect.yaml).
-DEPLOYMENTS: dict[str, str] = {
-    "account_check": "account-check/account-check",
-    "nickname_change": "nickname-change/nickname-change",
-    "avatar_change": "avatar-change/avatar-change",
-    "add_friend": "add-friend/add-friend",
-    "pin_sync": "pin-sync/pin-sync",
-}
+# task_type -> the deployment ("flow name/deployment name") that runs it, from the declarations
+# of the batch types (batchlib/batch_types.py).
+DEPLOYMENTS: dict[str, str] = {batch_type.name: batch_type.deployment for batch_type in batch_types()}
 
 
 def deployment_for(task_type: str) -> str | None:

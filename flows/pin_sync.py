@@ -15,7 +15,7 @@ from flows.params import BatchId, CreateAdminId, Takeover, TaskName, TenantId
 TASK_TYPE = "pin_sync"
 
 
-@batch_flow("pin-sync")
+@batch_flow(TASK_TYPE)
 async def pin_sync(
     tenant_id: TenantId = None,
     task_name: TaskName = None,

@@ -53,15 +53,17 @@ __all__ = ["Knobs", "Account", "PlatformState", "AccountPlatformApp", "PlatformS
 
 STATUSES = ("alive", "banned", "restricted")
 FAULTS = ("429", "500", "502", "503", "hang", "reset", "garbage", "big", "trickle", "wrong")
-ME, NICKNAME, AVATAR, FRIENDS, REFRESH = (
+ME, NICKNAME, AVATAR, BIO, FRIENDS, REFRESH = (
     "GET /v1/me",
     "POST /v1/me/nickname",
     "POST /v1/me/avatar",
+    "POST /v1/me/bio",
     "POST /v1/me/friends",
     "POST /v1/oauth/refresh",
 )
-ENDPOINTS = frozenset({ME, NICKNAME, AVATAR, FRIENDS, REFRESH})
+ENDPOINTS = frozenset({ME, NICKNAME, AVATAR, BIO, FRIENDS, REFRESH})
 NICKNAME_MAX = 32
+BIO_MAX = 160
 AVATAR_URL_MAX = 512
 DROPPED = 0  # call-log status of a connection closed without a complete response
 
@@ -125,6 +127,7 @@ class Account:
     expires_at: float
     friends: set[str] = field(default_factory=set)
     requested: set[str] = field(default_factory=set)
+    bio: str = ""
 
     def public(self) -> dict[str, Any]:
         return {"uid": self.uid, "status": self.status, "nickname": self.nickname, "avatar_url": self.avatar_url}
@@ -132,6 +135,7 @@ class Account:
     def admin(self, now: float) -> dict[str, Any]:
         return {
             **self.public(),
+            "bio": self.bio,
             "tenant_id": self.tenant_id,
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
@@ -401,6 +405,12 @@ class AccountPlatformApp:
                 return 422, _error("invalid_avatar_url", f"an avatar url is an http(s) URL of at most {AVATAR_URL_MAX} characters")
             account.avatar_url = url
             return 200, {"uid": account.uid, "avatar_url": url}
+        if endpoint == BIO:
+            bio = payload.get("bio")
+            if not isinstance(bio, str) or len(bio) > BIO_MAX or not all(c.isprintable() or c == "\n" for c in bio):
+                return 422, _error("invalid_bio", f"a bio is at most {BIO_MAX} printable characters (newlines allowed)")
+            account.bio = bio
+            return 200, {"uid": account.uid, "bio": bio}
         return self._friend(account, payload.get("friend_uid"))
 
     def _friend(self, account: Account, friend_uid: Any) -> tuple[int, dict[str, Any]]:

@@ -1,3 +1,2 @@
-"""Item handlers, one module per batch type; importing a module registers its type."""
-
-from batchlib.handlers import account_check, add_friend, avatar_change, nickname_change, pin_sync  # noqa: F401
+"""Item handlers, one module per batch type; each module registers its type when imported, and
+``batchlib.batch_types`` imports every module of this package (a new type is a new module here)."""

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 FLUSH_S = 0.2
 
 
-@batch_flow("account-check-takeover")
+@batch_flow("account_check", name="account-check-takeover")
 async def takeover_run(batch_id: int):
     """What an operator needs to take over a batch whose worker hangs: the flows have no
     ``takeover`` parameter yet, so the test drives the runner's ``takeover=True`` directly."""

@@ -1,0 +1,35 @@
+"""bio-change: Set the bio (signature) of many accounts of one tenant (批量签名修改).
+
+    python -m flows.bio_change --tenant-id 7 --items '[{"account_id": 700001, "bio": "Hello"}]'
+    python -m flows.bio_change --tenant-id 7 --items-file items.json
+    python -m flows.bio_change --resume 42
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flows.batch_cli import run_items_cli
+from flows.batch_runner import batch_flow, run_items_flow
+from flows.params import BatchId, CreateAdminId, Items, ItemsFile, RetryFailedOf, Takeover, TaskName, TenantId
+
+TASK_TYPE = "bio_change"
+
+
+@batch_flow(TASK_TYPE)
+async def bio_change(
+    tenant_id: TenantId = None, items: Items = None, task_name: TaskName = None, create_admin_id: CreateAdminId = 0,
+    batch_id: BatchId = None, takeover: Takeover = False, items_file: ItemsFile = None,
+    retry_failed_of: RetryFailedOf = None,
+):
+    """Set the bio of accounts of one tenant (at most 160 characters; empty clears it). ``items``: ``[{"account_id": ..., "bio": ...}, ...]``,
+    one per account of the tenant (or ``items_file``); the other parameters as for every batch type."""
+    return await run_items_flow(TASK_TYPE, **locals())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_items_cli(bio_change, "python -m flows.bio_change", __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
