@@ -24,8 +24,14 @@ import threading
 from urllib.parse import urlsplit
 
 from prefect import flow
+from sqlalchemy import bindparam, text
 
+from batchcore.settings import get_settings
+from batchlib.seeding import import_accounts
+from db import database_url, get_engine, upgrade
+from flows.account_check import account_check
 from flows.batch_cli import drain_ephemeral_api, quiet_prefect
+from simulators.account_platform import PlatformSimulator
 
 TENANTS = (1, 2)
 EXTRA_TENANT = 7  # seeded with --keep-running, for the README's "Running a batch" commands
@@ -34,15 +40,11 @@ FAILING = 3  # accounts of EXTRA_TENANT whose next calls fail, so a batch shows 
 
 @flow(name="quickstart")
 async def quickstart(tenants: list[int]) -> list[str]:
-    from flows.account_check import account_check
-
     states = await asyncio.gather(*(account_check(tenant_id=t, return_state=True) for t in tenants))
     return [s.message or s.type.value for s in states]
 
 
 def _print_rows(engine, first_id: int) -> None:
-    from sqlalchemy import text
-
     columns = ("id", "tenant_id", "task_type", "task_status", "total_count", "processed_count",
                "success_count", "failed_count", "start_time", "end_time")
     with engine.connect() as conn:
@@ -68,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from sqlalchemy import bindparam
 
-    from batchcore.settings import get_settings
-    from batchlib.seeding import import_accounts
-    from db import database_url, get_engine, upgrade
-    from simulators.account_platform import PlatformSimulator
 
     quiet_prefect()
     seeded = TENANTS + ((EXTRA_TENANT,) if args.keep_running else ())
@@ -91,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         engine = get_engine(url)
         sim.seed({t: args.accounts for t in seeded}, banned_fraction=0.1, restricted_fraction=0.05)
-        from sqlalchemy import text
-
         with engine.begin() as conn:  # a re-run starts from this run's simulated accounts only
             conn.execute(text("DELETE FROM la_alt_account WHERE tenant_id IN :t").bindparams(
                 bindparam("t", expanding=True)), {"t": list(seeded)})

@@ -15,6 +15,13 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
@@ -233,13 +240,6 @@ class LiveRun:
 
 def live_maintenance_runs() -> list[LiveRun]:
     """Running flow runs of the maintenance flow (an empty list when the API cannot be asked)."""
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     try:
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
