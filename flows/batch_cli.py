@@ -233,4 +233,4 @@ def run_items_cli(flow_fn: Callable[..., Any], prog: str, doc: str, argv: list[s
     }
     if args.items_file is not None:
         parameters["items_file"] = file_path(parser, args.items_file)
-    return run_cli(flow_fn, parameters, getattr(flow_fn, "fn", flow_fn).__name__)  # items_flow: named by type
+    return run_cli(flow_fn, parameters, getattr(flow_fn, "fn", flow_fn).__name__)  # the function is named by its type
