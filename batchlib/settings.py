@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     platform_max_in_flight: int | None = Field(None, ge=1)
     platform_fallback_in_flight: int | None = Field(None, ge=1)  # per batch while Redis is down; None: the cap
     share_heartbeat_s: float = Field(1.0, gt=0)  # how often a batch renews its blocks (and reports its calls in flight)
-    share_lease_s: float = Field(10.0, gt=0)  # a dead process's blocks come back after this
+    share_lease_s: float = Field(30.0, gt=0)  # a dead (or stalled) process's blocks come back after this
 
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks

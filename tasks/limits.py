@@ -166,6 +166,7 @@ class LimitFollower:
         self._shared: SharedSlots | None = None
         self._redis = None
         self._share_failing: bool | None = None  # None: not tried yet
+        self._shared_once = False
 
     # -- the limits in effect -----------------------------------------------------------------
 
@@ -298,9 +299,13 @@ class LimitFollower:
             if self.setting is not None or setting.slots != self.default:
                 self._log.info("concurrency limit %s: %s", self.name, setting.describe())
             self.setting = setting
-        for limit, old, new in ((self.tenant_name, self.tenant_setting, tenant), (PLATFORM_LIMIT, self.platform_setting, platform)):
-            if new != old and (new is not None or not first):
-                self._log.info("concurrency limit %s: %s", limit, new.describe() if new else "none (deleted)")
+        for limit, old, new, default in (
+            (self.tenant_name, self.tenant_setting, tenant, self.tenant_default),
+            (PLATFORM_LIMIT, self.platform_setting, platform, self.platform_default),
+        ):
+            if new == old or (first and new in (None, LimitSetting(default or 0, True))):
+                continue  # unchanged, or at start: absent or at the configured default
+            self._log.info("concurrency limit %s: %s", limit, new.describe() if new else "none (deleted)")
         self.tenant_setting, self.platform_setting = tenant, platform
 
     async def _publish_all(self) -> None:
@@ -338,7 +343,9 @@ class LimitFollower:
             got = await asyncio.wait_for(
                 shared.renew(
                     [p for _, p in pools], demand=self.own_slots, in_use=self.limiter.in_use,
-                    holding=max(self.limiter.in_use, self.limiter.size),
+                    # what we may have in flight until we apply the answer: the calls above a
+                    # smaller block still draining, or our block (none before the first answer)
+                    holding=max(self.limiter.in_use, self.limiter.size if self._shared_once else 0),
                 ),
                 self._timeout_s,
             )
@@ -352,7 +359,7 @@ class LimitFollower:
             return
         if self._share_failing:
             self._log.info("shared limits: Redis answers again, blocks shared again")
-        self._share_failing, self.sharing = False, True
+        self._share_failing, self.sharing, self._shared_once = False, True, True
         self.grants = {limit: grant for (limit, _), grant in zip(pools, got, strict=True)}
 
     def _connect(self) -> SharedSlots:
