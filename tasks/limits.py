@@ -166,7 +166,7 @@ class LimitFollower:
         self._shared: SharedSlots | None = None
         self._redis = None
         self._share_failing: bool | None = None  # None: not tried yet
-        self._shared_once = False
+        self._running = False  # items may take the limiter
 
     # -- the limits in effect -----------------------------------------------------------------
 
@@ -225,12 +225,16 @@ class LimitFollower:
         await self._share()
         self._resize()
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._heartbeat())]
+        self._running = True
         return self.limiter.size
 
     async def _poll(self) -> None:
         """Re-read the limits and publish the slots in use every ``limit_poll_s`` until closed."""
         while not await self._wait(self._poll_s):
+            before = self._pools()
             await self._refresh()
+            if self._pools() != before:  # a shared limit changed: renew the blocks now, not at the next beat
+                await self._share()
             self._resize()
             await self._publish_all()
 
@@ -343,9 +347,9 @@ class LimitFollower:
             got = await asyncio.wait_for(
                 shared.renew(
                     [p for _, p in pools], demand=self.own_slots, in_use=self.limiter.in_use,
-                    # what we may have in flight until we apply the answer: the calls above a
-                    # smaller block still draining, or our block (none before the first answer)
-                    holding=max(self.limiter.in_use, self.limiter.size if self._shared_once else 0),
+                    # what we may have in flight until we apply the answer: our limiter's size,
+                    # or more while calls above a smaller size drain (nothing before items start)
+                    holding=max(self.limiter.in_use, self.limiter.size if self._running else 0),
                 ),
                 self._timeout_s,
             )
@@ -359,7 +363,7 @@ class LimitFollower:
             return
         if self._share_failing:
             self._log.info("shared limits: Redis answers again, blocks shared again")
-        self._share_failing, self.sharing, self._shared_once = False, True, True
+        self._share_failing, self.sharing = False, True
         self.grants = {limit: grant for (limit, _), grant in zip(pools, got, strict=True)}
 
     def _connect(self) -> SharedSlots:
