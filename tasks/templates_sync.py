@@ -154,8 +154,20 @@ class _Prefect:
             self._schedules[deployment_id] = list(self.client.read_deployment_schedules(deployment_id))
         return self._schedules[deployment_id]
 
-    def changed(self, deployment_id: str) -> None:
-        self._schedules.pop(deployment_id, None)
+    def has(self, deployment_id: str | None, schedule_id: str | None) -> bool:
+        from prefect.exceptions import ObjectNotFound
+
+        if not deployment_id or not schedule_id:
+            return False
+        try:
+            return any(str(s.id) == schedule_id for s in self.schedules(deployment_id))
+        except ObjectNotFound:  # the deployment is gone
+            return False
+
+    def saved(self, deployment_id: str, schedule: Any) -> None:
+        """Keep the cached list as the server now has it (no re-read per row)."""
+        listed = self.schedules(deployment_id)
+        listed[:] = [s for s in listed if s.id != schedule.id] + [schedule]
 
     def delete(self, deployment_id: str | None, schedule_id: str | None) -> None:
         from prefect.exceptions import ObjectNotFound
@@ -166,7 +178,8 @@ class _Prefect:
             self.client.delete_deployment_schedule(deployment_id, schedule_id)
         except ObjectNotFound:
             pass  # deleted on the server already
-        self.changed(deployment_id)
+        if deployment_id in self._schedules:
+            self._schedules[deployment_id] = [s for s in self._schedules[deployment_id] if str(s.id) != schedule_id]
 
 
 def _same(schedule: Any, wanted: Any, parameters: dict[str, Any]) -> bool:
@@ -214,18 +227,19 @@ def sync_template(row: Any, prefect: _Prefect, first_of_name: dict[tuple[str, st
 
     active = bool(row.enabled)
     if mine is None:
-        [created] = prefect.client.create_deployment_schedules(
+        [saved] = prefect.client.create_deployment_schedules(
             deployment_id, [(schedule, active)], parameters=parameters, slug=row.name
         )
-        schedule_id, done = str(created.id), "created"
-    elif row.changed or row.sync_status != SYNC_SYNCED:
+        done = "created"
+    else:
         prefect.client.update_deployment_schedule(
             deployment_id, mine.id, active=active, schedule=schedule, parameters=parameters, slug=row.name
         )
-        schedule_id, done = str(mine.id), "updated"
-    else:  # a full pass over an unchanged row: a pause made in the Prefect UI is kept
-        return "unchanged"
-    prefect.changed(deployment_id)
+        saved = mine.model_copy(update={"active": active, "schedule": schedule, "parameters": parameters,
+                                        "slug": row.name})
+        done = "updated"
+    prefect.saved(deployment_id, saved)
+    schedule_id = str(saved.id)
     _tx(lambda s: record_sync(s, row, SYNC_SYNCED, deployment_id=deployment_id, schedule_id=schedule_id))
     done = done if active else f"{done}-paused"
     log.info("template #%s %r (%s, tenant %s): schedule %s, '%s' (%s)",
@@ -237,7 +251,7 @@ def sync_templates_once(full: bool = False, deployments: dict[str, str] | None =
     """One pass over the template rows (call it inside a flow, or alone); counts what happened."""
     from prefect.client.orchestration import get_client
 
-    from db.templates import SYNC_ERROR, templates_to_sync
+    from db.templates import SYNC_ERROR, SYNC_SYNCED, templates_to_sync
     from flows.dispatcher import DEPLOYMENTS
 
     deployments = DEPLOYMENTS if deployments is None else deployments
@@ -258,11 +272,13 @@ def sync_templates_once(full: bool = False, deployments: dict[str, str] | None =
         with get_client(sync_client=True) as client:
             prefect = _Prefect(client, deployments)
             for row in sorted(todo, key=lambda r: r.id):
+                if not row.changed and row.sync_status == SYNC_SYNCED and not row.deleted and prefect.has(
+                        row.prefect_deployment_id, row.prefect_schedule_id):
+                    continue  # a full pass over a row in place: untouched (a pause made in the UI is kept)
                 try:
                     outcome[f"template_{sync_template(row, prefect, first_of_name)}"] += 1
                 except Exception as exc:  # the API or the database failing for a moment: next pass
                     _log().error("template #%s: sync failed, tried again next pass: %s: %s",
                                  row.id, type(exc).__name__, str(exc)[:200])
                     outcome["template_retry"] += 1
-    outcome.pop("template_unchanged", None)
     return outcome
