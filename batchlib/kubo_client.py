@@ -5,14 +5,14 @@
             async for pin in pins:                       # streamed, never the whole list in memory
                 stat = await kubo.stat(pin.cid)          # PinNotFound if it vanished meanwhile
 
-Errors (from ``batchlib.errors``; ``PinNotFound`` is defined here):
+Errors (``batchlib.errors``, all ``KuboError``, none a ``PlatformError``):
 
-    PlatformUnavailable   5xx, timeouts, connection errors past the retry budget;
+    KuboUnavailable       5xx, timeouts, connection errors past the retry budget;
                           a pin/ls stream that breaks before its clean end
-    RateLimited           429 past the retry budget
-    PlatformRejected      400/403/404/405, or a 500 that no retry can fix (invalid path)
+    KuboRateLimited       429 past the retry budget
+    KuboRejected          400/403/404/405, or a 500 that no retry can fix (invalid path)
     └── PinNotFound       files/stat says the block is gone: the pin disappeared. Never retried.
-    BadPlatformResponse   a body or line that is not the JSON we expect, or is too large
+    BadKuboResponse       a body or line that is not the JSON we expect, or is too large
 
 Each call makes at most ``1 + max_retries`` requests. Only the opening of a pin/ls stream is
 retried: once lines were yielded, a break raises, and the caller lists again from the start.
@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchlib.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PinNotFound
 from batchlib.http_pool import ShardedTransport
 from batchlib.settings import Settings
 
@@ -66,14 +66,6 @@ class PinStat:
     cumulative_size: int
     blocks: int
     type: str
-
-
-class PinNotFound(PlatformRejected):
-    """The pin was listed but its root block is gone (unpinned and collected): not retried."""
-
-    def __init__(self, cid: str, message: str) -> None:
-        super().__init__(f"not pinned: {cid} is no longer on the node ({message[:200]})", status_code=500)
-        self.cid = cid
 
 
 class _Transient(Exception):
@@ -150,7 +142,7 @@ class KuboClient:
         body = await self._retrying("version", lambda: self._post_json("version", {}))
         version = body.get("Version")
         if not isinstance(version, str):
-            raise BadPlatformResponse("kubo version: the answer has no Version string")
+            raise BadKuboResponse("kubo version: the answer has no Version string")
         return version
 
     async def stat(self, cid: str) -> PinStat:
@@ -159,7 +151,7 @@ class KuboClient:
         Raises PinNotFound, without retrying, when the node no longer has the pin's root block.
         """
         if not _CID_RE.fullmatch(cid):
-            raise PlatformRejected(f"kubo files/stat: {cid[:80]!r} is not a CID")
+            raise KuboRejected(f"kubo files/stat: {cid[:80]!r} is not a CID")
         params = {"arg": f"/ipfs/{cid}", "offline": "true"}
         body = await self._retrying("files/stat", lambda: self._post_json("files/stat", params, cid=cid))
         try:
@@ -170,15 +162,15 @@ class KuboClient:
             if not isinstance(kind, str):
                 raise TypeError
         except (KeyError, TypeError):
-            raise BadPlatformResponse(f"kubo files/stat: unexpected answer for {cid}: {str(body)[:200]}") from None
+            raise BadKuboResponse(f"kubo files/stat: unexpected answer for {cid}: {str(body)[:200]}") from None
         return PinStat(cid, values["Size"], values["CumulativeSize"], values["Blocks"], kind)
 
     async def iter_pins(self, type: PinType = "recursive") -> AsyncIterator[PinRef]:
         """Stream ``pin/ls?stream=true`` line by line.
 
-        Raises PlatformUnavailable("kubo stream ended early ...") if the body breaks before its
+        Raises KuboUnavailable("kubo stream ended early ...") if the body breaks before its
         clean end (connection reset, incomplete chunked body, read timeout, or an error object in
-        the stream), and BadPlatformResponse on a line that is not a pin. Wrap the iterator in
+        the stream), and BadKuboResponse on a line that is not a pin. Wrap the iterator in
         ``contextlib.aclosing`` when you may stop early, so the connection is released at once.
         """
         if type not in _PIN_TYPES:
@@ -215,7 +207,7 @@ class KuboClient:
                 if last.retry_after is not None:
                     delay = max(delay, min(last.retry_after, self._retry_after_max))
                 await asyncio.sleep(delay)
-        error = RateLimited if last.status_code == 429 else PlatformUnavailable
+        error = KuboRateLimited if last.status_code == 429 else KuboUnavailable
         reason = f"kubo {endpoint} unavailable after {attempts} attempt(s): {last.detail}"
         raise error(reason, status_code=last.status_code)
 
@@ -227,7 +219,7 @@ class KuboClient:
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise _Transient(_describe(exc)) from exc
         except httpx.HTTPError as exc:
-            raise PlatformUnavailable(f"kubo {endpoint}: {_describe(exc)}") from exc
+            raise KuboUnavailable(f"kubo {endpoint}: {_describe(exc)}") from exc
         if response.status_code == 200:
             return response
         try:
@@ -249,9 +241,9 @@ class KuboClient:
         try:
             value = json.loads(body)
         except ValueError:
-            raise BadPlatformResponse(f"kubo {endpoint}: the answer is not JSON: {body[:120]!r}") from None
+            raise BadKuboResponse(f"kubo {endpoint}: the answer is not JSON: {body[:120]!r}") from None
         if not isinstance(value, dict):
-            raise BadPlatformResponse(f"kubo {endpoint}: expected a JSON object, got {type(value).__name__}")
+            raise BadKuboResponse(f"kubo {endpoint}: expected a JSON object, got {type(value).__name__}")
         return value
 
     async def _read(self, response: httpx.Response, endpoint: str, *, error_body: bool = False) -> bytes:
@@ -265,27 +257,27 @@ class KuboClient:
                 if size > self._max_body_bytes:
                     if error_body:
                         break
-                    raise BadPlatformResponse(f"kubo {endpoint}: the answer exceeds {self._max_body_bytes} bytes")
+                    raise BadKuboResponse(f"kubo {endpoint}: the answer exceeds {self._max_body_bytes} bytes")
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise _Transient(_describe(exc)) from exc
         return b"".join(chunks)[: self._max_body_bytes]
 
     async def _lines(self, response: httpx.Response, count: Callable[[], int]) -> AsyncIterator[bytes]:
-        """Complete NDJSON lines; a break before the clean end becomes PlatformUnavailable."""
+        """Complete NDJSON lines; a break before the clean end becomes KuboUnavailable."""
         buffer = b""
         try:
             async for chunk in response.aiter_bytes():
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 if len(buffer) > self._max_line_bytes:
-                    raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                    raise BadKuboResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
                 for line in lines:
                     if len(line) > self._max_line_bytes:
-                        raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                        raise BadKuboResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
                     if line.strip():
                         yield line
         except httpx.TransportError as exc:
-            raise PlatformUnavailable(f"kubo stream ended early after {count()} pins: {_describe(exc)}") from exc
+            raise KuboUnavailable(f"kubo stream ended early after {count()} pins: {_describe(exc)}") from exc
         if buffer.strip():
             yield buffer  # a clean end without a final newline
 
@@ -295,9 +287,9 @@ def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
     try:
         value = json.loads(line)
     except ValueError:
-        raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not JSON: {line[:120]!r}") from None
+        raise BadKuboResponse(f"kubo pin/ls: line {seen + 1} is not JSON: {line[:120]!r}") from None
     if isinstance(value, dict) and value.get("Type") == "error" and "Message" in value:
-        raise PlatformUnavailable(f"kubo stream ended early after {seen} pins: {str(value['Message'])[:200]}")
+        raise KuboUnavailable(f"kubo stream ended early after {seen} pins: {str(value['Message'])[:200]}")
     if isinstance(value, dict) and isinstance(value.get("Cid"), str) and isinstance(value.get("Type"), str):
         return [PinRef(value["Cid"], value["Type"])]
     if isinstance(value, dict) and isinstance(value.get("Keys"), dict):
@@ -305,7 +297,7 @@ def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
             return [PinRef(cid, info["Type"]) for cid, info in value["Keys"].items() if isinstance(info["Type"], str)]
         except (KeyError, TypeError):
             pass
-    raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not a pin: {line[:120]!r}")
+    raise BadKuboResponse(f"kubo pin/ls: line {seen + 1} is not a pin: {line[:120]!r}")
 
 
 def _failure(endpoint: str, status: int, body: bytes, cid: str | None) -> Exception:
@@ -317,8 +309,8 @@ def _failure(endpoint: str, status: int, body: bytes, cid: str | None) -> Except
     if status == 429 or (status >= 500 and not any(hint in lowered for hint in _TERMINAL_HINTS)):
         return _Transient(f"HTTP {status}: {message}", status_code=status)
     if 400 <= status < 600:
-        return PlatformRejected(f"kubo {endpoint} refused the call (HTTP {status}): {message}", status_code=status)
-    return BadPlatformResponse(f"kubo {endpoint}: unexpected HTTP {status}", status_code=status)
+        return KuboRejected(f"kubo {endpoint} refused the call (HTTP {status}): {message}", status_code=status)
+    return BadKuboResponse(f"kubo {endpoint}: unexpected HTTP {status}", status_code=status)
 
 
 def _kubo_message(body: bytes) -> str:

@@ -1,4 +1,10 @@
-"""Fixtures that create real resources with unique names and drop them afterwards."""
+"""Fixtures that create real resources with unique names and drop them afterwards.
+
+Helpers shared by several test packages live in plain modules (tests/support); this file holds
+only fixtures and hooks. A test marked ``unit`` may use none of the fixtures that reach a
+service (``SERVICE_FIXTURES``): collection refuses it, so ``-m unit`` runs with no MariaDB,
+Redis or Prefect server.
+"""
 
 from __future__ import annotations
 
@@ -141,3 +147,20 @@ def fresh_batch_limits(request: pytest.FixtureRequest) -> Iterator[None]:
 def mysql_engine(mysql_url: str) -> Iterator[Engine]:
     """A migrated MariaDB database."""
     yield from migrated_engine(mysql_url)
+
+
+SERVICE_FIXTURES = frozenset({
+    "mysql_url", "any_db_url", "mysql_engine", "engine", "redis_url", "redis_prefix", "prefect_server", "prefect_api",
+    "batch_env", "fault_env", "outage_env", "deployed", "system",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``unit`` test that asks for a service fixture is a mistake of the test: refuse the run."""
+    wrong = [
+        f"{item.nodeid} uses {', '.join(sorted(SERVICE_FIXTURES & set(item.fixturenames)))}"
+        for item in items
+        if item.get_closest_marker("unit") and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("tests marked unit may not use services:\n  " + "\n  ".join(wrong))

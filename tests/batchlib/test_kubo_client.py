@@ -10,12 +10,12 @@ from contextlib import aclosing
 import httpx
 import pytest
 
-from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
+from batchlib.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PlatformError
 from batchlib.kubo_client import KuboClient, PinNotFound, PinRef, PinStat
 from batchlib.settings import Settings
 from simulators.kubo import KuboSimulator, make_cid
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
 CID = make_cid(1, 0)
 
@@ -86,7 +86,8 @@ async def test_vanished_pins_are_not_found_without_retries(kubo: KuboSimulator) 
     assert len(listed) == 60 and missing == set(kubo.vanished()) and 5 <= len(missing) <= 30
     assert all(isinstance(r, PinStat) for r in results if not isinstance(r, PinNotFound))
     error = next(r for r in results if isinstance(r, PinNotFound))
-    assert isinstance(error, PlatformRejected) and error.reason.startswith("not pinned")
+    assert isinstance(error, KuboRejected) and error.reason.startswith("not pinned")
+    assert not isinstance(error, PlatformError)  # a Kubo failure is never taken for a platform one
     stat_calls = kubo.calls()["stat_by_cid"]
     assert all(stat_calls[cid] == 1 for cid in missing)  # one call each: never retried
 
@@ -104,7 +105,7 @@ async def test_stream_death_mid_list_raises_unavailable(kubo: KuboSimulator) -> 
     kubo.configure(die_after_lines=1234)
     seen: list[PinRef] = []
     async with client_for(kubo.url) as client:
-        with pytest.raises(PlatformUnavailable, match="kubo stream ended early after 1234 pins"):
+        with pytest.raises(KuboUnavailable, match="kubo stream ended early after 1234 pins"):
             async for pin in client.iter_pins():
                 seen.append(pin)
         assert pool_is_idle(client)
@@ -114,14 +115,14 @@ async def test_stream_death_mid_list_raises_unavailable(kubo: KuboSimulator) -> 
 async def test_stream_death_after_the_last_line_still_raises(kubo: KuboSimulator) -> None:
     kubo.configure(pins=100, die_after_lines=100)  # every pin arrived, but no clean end
     async with client_for(kubo.url) as client:
-        with pytest.raises(PlatformUnavailable, match="ended early after 100 pins"):
+        with pytest.raises(KuboUnavailable, match="ended early after 100 pins"):
             await client.list_pins()
 
 
 async def test_error_object_in_the_stream_raises_unavailable(kubo: KuboSimulator) -> None:
     kubo.configure(stream_error_after_lines=10)
     async with client_for(kubo.url) as client:
-        with pytest.raises(PlatformUnavailable, match="after 10 pins: simulated failure"):
+        with pytest.raises(KuboUnavailable, match="after 10 pins: simulated failure"):
             await client.list_pins()
 
 
@@ -137,7 +138,7 @@ async def test_stat_5xx_past_the_budget_is_unavailable(kubo: KuboSimulator) -> N
     kubo.configure(stat_fail_first=10)
     cid = kubo.pins()[0]
     async with client_for(kubo.url, max_retries=2) as client:
-        with pytest.raises(PlatformUnavailable, match="after 3 attempt") as caught:
+        with pytest.raises(KuboUnavailable, match="after 3 attempt") as caught:
             await client.stat(cid)
     assert caught.value.status_code == 500
     assert kubo.calls()["stat_by_cid"][cid] == 3  # 1 + max_retries, never more
@@ -147,9 +148,9 @@ async def test_node_down_is_unavailable() -> None:
     with KuboSimulator(pins=1) as sim:
         url = sim.url
     async with client_for(url, max_retries=1) as client:  # nothing listens there any more
-        with pytest.raises(PlatformUnavailable, match="ConnectError"):
+        with pytest.raises(KuboUnavailable, match="ConnectError"):
             await client.stat(CID)
-        with pytest.raises(PlatformUnavailable):
+        with pytest.raises(KuboUnavailable):
             await client.list_pins()
 
 
@@ -195,17 +196,17 @@ async def test_mock_request_shape() -> None:
 async def test_mock_garbage_line_is_bad_response() -> None:
     handler = pins_body(b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode(), b"<html>oops</html>\n")
     async with mock(handler) as client:
-        with pytest.raises(BadPlatformResponse, match="line 2 is not JSON"):
+        with pytest.raises(BadKuboResponse, match="line 2 is not JSON"):
             await client.list_pins()
     async with mock(pins_body(b'{"Hash":"x"}\n')) as client:
-        with pytest.raises(BadPlatformResponse, match="not a pin"):
+        with pytest.raises(BadKuboResponse, match="not a pin"):
             await client.list_pins()
 
 
 async def test_mock_overlong_line_is_bad_response() -> None:
     handler = pins_body(b'{"Cid":"' + b"b" * 5000)  # never ends
     async with mock(handler, max_line_bytes=1024) as client:
-        with pytest.raises(BadPlatformResponse, match="exceeds 1024 bytes"):
+        with pytest.raises(BadKuboResponse, match="exceeds 1024 bytes"):
             await client.list_pins()
 
 
@@ -224,7 +225,7 @@ async def test_mock_incomplete_chunked_body_is_unavailable_and_not_retried() -> 
         return httpx.Response(200, stream=BrokenStream([line, line, b'{"Cid":"ba']))
 
     async with mock(handler, max_retries=3) as client:
-        with pytest.raises(PlatformUnavailable, match="ended early after 2 pins: RemoteProtocolError"):
+        with pytest.raises(KuboUnavailable, match="ended early after 2 pins: RemoteProtocolError"):
             await client.list_pins()
     assert len(requests) == 1  # lines were already yielded: the caller decides to list again
 
@@ -254,9 +255,9 @@ async def test_mock_stat_timeouts_are_retried() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
-        (400, {"Message": "invalid argument", "Code": 1, "Type": "error"}, PlatformRejected),
-        (405, "405 - Method Not Allowed", PlatformRejected),
-        (500, {"Message": 'invalid path "/ipfs/x": invalid cid', "Code": 0, "Type": "error"}, PlatformRejected),
+        (400, {"Message": "invalid argument", "Code": 1, "Type": "error"}, KuboRejected),
+        (405, "405 - Method Not Allowed", KuboRejected),
+        (500, {"Message": 'invalid path "/ipfs/x": invalid cid', "Code": 0, "Type": "error"}, KuboRejected),
         (500, {"Message": f"ipld: could not find {CID}", "Code": 0, "Type": "error"}, PinNotFound),
     ],
 )
@@ -276,7 +277,7 @@ async def test_mock_terminal_answers_are_not_retried(status: int, body: object, 
 
 async def test_mock_429_past_the_budget_is_rate_limited() -> None:
     async with mock(lambda request: httpx.Response(429, text="slow down"), max_retries=2) as client:
-        with pytest.raises(RateLimited, match="after 3 attempt"):
+        with pytest.raises(KuboRateLimited, match="after 3 attempt"):
             await client.stat(CID)
 
 
@@ -290,7 +291,7 @@ async def test_mock_429_past_the_budget_is_rate_limited() -> None:
 )
 async def test_mock_unreadable_stat_is_bad_response(content: bytes, match: str) -> None:
     async with mock(lambda request: httpx.Response(200, content=content), max_body_bytes=1024) as client:
-        with pytest.raises(BadPlatformResponse, match=match):
+        with pytest.raises(BadKuboResponse, match=match):
             await client.stat(CID)
 
 
@@ -299,7 +300,7 @@ async def test_mock_bad_cid_makes_no_call() -> None:
         raise AssertionError("no request expected")
 
     async with mock(handler) as client:
-        with pytest.raises(PlatformRejected, match="is not a CID"):
+        with pytest.raises(KuboRejected, match="is not a CID"):
             await client.stat("../../etc/passwd")
 
 

@@ -24,6 +24,8 @@ from batchlib.errors import (
 from batchlib.platform_client import AccountState, Credentials, InMemoryTokenStore, PlatformClient
 from batchlib.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 ACCESS, REFRESH = "at_secret_access_0001", "rt_secret_refresh_0001"
 NEW_ACCESS, NEW_REFRESH = "at_secret_access_0002", "rt_secret_refresh_0002"
 ME = {"uid": "u7-000001", "status": "alive", "nickname": "bob", "avatar_url": None}
