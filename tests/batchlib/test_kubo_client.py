@@ -1,19 +1,23 @@
-"""KuboClient against the Kubo simulator over loopback, and against MockTransport for edge cases."""
+"""KuboClient against the Kubo simulator over loopback (the production wire), and over a scripted
+wire (tests/support/wire.py) for edge cases no simulator knob produces."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
+from typing import Any
+from urllib.parse import parse_qsl
 
-import httpx
 import pytest
 
 from batchlib.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PlatformError
+from batchlib.http_wire import Reply, StreamBroken
 from batchlib.kubo_client import KuboClient, PinNotFound, PinRef, PinStat
 from batchlib.settings import Settings
 from simulators.kubo import KuboSimulator, make_cid
+from tests.support.wire import Chunks, Handler, ScriptedWire, Sent, reply, sequence
 
 pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
@@ -36,7 +40,7 @@ def client_for(url: str, **options: object) -> KuboClient:
 
 
 def pool_is_idle(client: KuboClient) -> bool:
-    return client._http._transport.idle  # noqa: SLF001 - white-box check of the sharded pool
+    return client._wire.idle  # type: ignore[attr-defined]  # noqa: SLF001 - white-box check of the pool
 
 
 # -- against the simulator -------------------------------------------------------------------
@@ -148,108 +152,105 @@ async def test_node_down_is_unavailable() -> None:
     with KuboSimulator(pins=1) as sim:
         url = sim.url
     async with client_for(url, max_retries=1) as client:  # nothing listens there any more
-        with pytest.raises(KuboUnavailable, match="ConnectError"):
+        with pytest.raises(KuboUnavailable, match=r"connection error \(ClientConnectorError\)"):
             await client.stat(CID)
         with pytest.raises(KuboUnavailable):
             await client.list_pins()
 
 
-# -- MockTransport edge cases ----------------------------------------------------------------
-class BrokenStream(httpx.AsyncByteStream):
-    """Yields some chunks, then fails like an incomplete chunked body."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+# -- edge cases over a scripted wire -----------------------------------------------------------
+BROKEN = StreamBroken("connection error (truncated or undecodable body)")
 
 
-def mock(handler: Callable[[httpx.Request], httpx.Response], **options: object) -> KuboClient:
-    transport = httpx.MockTransport(handler)
-    return KuboClient("http://kubo.test", transport=transport, backoff_base=0, **options)  # type: ignore[arg-type]
+def mock(handler: Handler, **options: Any) -> tuple[KuboClient, ScriptedWire]:
+    wire = ScriptedWire(handler, max_body_bytes=options.get("max_body_bytes", 1_000_000))
+    return KuboClient("http://kubo.test", wire=wire, backoff_base=0, **options), wire
 
 
-def pins_body(*lines: bytes) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: httpx.Response(200, content=b"".join(lines))
+def pins_body(*lines: bytes) -> Handler:
+    return lambda sent: Chunks(200, [b"".join(lines)])
+
+
+def query(sent: Sent) -> dict[str, str]:
+    path, _, qs = sent.path.partition("?")
+    return dict(parse_qsl(qs))
 
 
 async def test_mock_request_shape() -> None:
-    seen: list[httpx.Request] = []
+    def handler(sent: Sent) -> Reply | Chunks:
+        if sent.path.startswith("/api/v0/files/stat?"):
+            return reply(200, json={"Hash": CID, "Size": 5, "CumulativeSize": 19, "Blocks": 0, "Type": "file"})
+        return Chunks(200, [b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode()])
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if request.url.path == "/api/v0/files/stat":
-            return httpx.Response(200, json={"Hash": CID, "Size": 5, "CumulativeSize": 19, "Blocks": 0, "Type": "file"})
-        return httpx.Response(200, content=b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode())
-
-    async with mock(handler) as client:
+    client, wire = mock(handler)
+    async with client:
         assert await client.list_pins(type="all") == [PinRef(CID, "recursive")]
         assert await client.stat(CID) == PinStat(CID, 5, 19, 0, "file")
-    assert [r.method for r in seen] == ["POST", "POST"]
-    assert dict(seen[0].url.params) == {"type": "all", "stream": "true"}
-    assert dict(seen[1].url.params) == {"arg": f"/ipfs/{CID}", "offline": "true"}
+    assert [(s.method, s.path.partition("?")[0]) for s in wire.sent] == [
+        ("POST", "/api/v0/pin/ls"), ("POST", "/api/v0/files/stat")
+    ]
+    assert query(wire.sent[0]) == {"type": "all", "stream": "true"}
+    assert query(wire.sent[1]) == {"arg": f"/ipfs/{CID}", "offline": "true"}
+    assert wire.closed
 
 
 async def test_mock_garbage_line_is_bad_response() -> None:
-    handler = pins_body(b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode(), b"<html>oops</html>\n")
-    async with mock(handler) as client:
+    client, _ = mock(pins_body(b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode(), b"<html>oops</html>\n"))
+    async with client:
         with pytest.raises(BadKuboResponse, match="line 2 is not JSON"):
             await client.list_pins()
-    async with mock(pins_body(b'{"Hash":"x"}\n')) as client:
+    client, _ = mock(pins_body(b'{"Hash":"x"}\n'))
+    async with client:
         with pytest.raises(BadKuboResponse, match="not a pin"):
             await client.list_pins()
 
 
 async def test_mock_overlong_line_is_bad_response() -> None:
-    handler = pins_body(b'{"Cid":"' + b"b" * 5000)  # never ends
-    async with mock(handler, max_line_bytes=1024) as client:
+    client, _ = mock(pins_body(b'{"Cid":"' + b"b" * 5000), max_line_bytes=1024)  # never ends
+    async with client:
         with pytest.raises(BadKuboResponse, match="exceeds 1024 bytes"):
             await client.list_pins()
 
 
 async def test_mock_non_stream_shape_and_missing_final_newline() -> None:
-    keys = b'{"Keys":{"%s":{"Type":"recursive"}}}' % CID.encode()
-    async with mock(pins_body(keys)) as client:
+    client, _ = mock(pins_body(b'{"Keys":{"%s":{"Type":"recursive"}}}' % CID.encode()))
+    async with client:
         assert await client.list_pins() == [PinRef(CID, "recursive")]
 
 
 async def test_mock_incomplete_chunked_body_is_unavailable_and_not_retried() -> None:
     line = b'{"Cid":"%s","Type":"recursive"}\n' % CID.encode()
-    requests: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(200, stream=BrokenStream([line, line, b'{"Cid":"ba']))
-
-    async with mock(handler, max_retries=3) as client:
-        with pytest.raises(KuboUnavailable, match="ended early after 2 pins: RemoteProtocolError"):
+    answer = Chunks(200, [line, line, b'{"Cid":"ba', BROKEN])
+    client, wire = mock(lambda sent: answer, max_retries=3)
+    async with client:
+        with pytest.raises(KuboUnavailable, match=r"ended early after 2 pins: connection error \(truncated"):
             await client.list_pins()
-    assert len(requests) == 1  # lines were already yielded: the caller decides to list again
+    assert len(wire.sent) == 1  # lines were already yielded: the caller decides to list again
+    assert answer.closed  # the stream's connection was given up
 
 
 async def test_mock_stream_open_is_retried() -> None:
     line = b'{"Cid":"%s","Type":"direct"}\n' % CID.encode()
-    answers = iter([httpx.Response(503, text="busy"), httpx.Response(200, content=line)])
-    async with mock(lambda request: next(answers)) as client:
+    client, wire = mock(sequence(reply(503, text="busy"), "connection error (ClientOSError)", Chunks(200, [line])))
+    async with client:
         assert await client.list_pins() == [PinRef(CID, "direct")]
+    assert len(wire.sent) == 3
 
 
 async def test_mock_stat_timeouts_are_retried() -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            raise httpx.ReadTimeout("timed out", request=request)
-        return httpx.Response(200, json={"Hash": CID, "Size": 1, "CumulativeSize": 9, "Blocks": 1, "Type": "file"})
-
-    async with mock(handler, max_retries=3) as client:
+    ok = reply(200, json={"Hash": CID, "Size": 1, "CumulativeSize": 9, "Blocks": 1, "Type": "file"})
+    client, wire = mock(sequence("timeout (ReadTimeout)", "timeout (BodyTimeout)", ok), max_retries=3)
+    async with client:
         assert (await client.stat(CID)).size == 1
-    assert calls == 3
+    assert len(wire.sent) == 3
+
+
+async def test_mock_stat_timeouts_past_the_budget_are_unavailable() -> None:
+    client, wire = mock(sequence("timeout (ReadTimeout)"), max_retries=2)
+    async with client:
+        with pytest.raises(KuboUnavailable, match=r"after 3 attempt\(s\): timeout \(ReadTimeout\)"):
+            await client.stat(CID)
+    assert len(wire.sent) == 3
 
 
 @pytest.mark.parametrize(
@@ -262,21 +263,17 @@ async def test_mock_stat_timeouts_are_retried() -> None:
     ],
 )
 async def test_mock_terminal_answers_are_not_retried(status: int, body: object, error: type[Exception]) -> None:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=str(body))
-
-    async with mock(handler, max_retries=3) as client:
+    answer = reply(status, json=body) if isinstance(body, dict) else reply(status, text=str(body))
+    client, wire = mock(lambda sent: answer, max_retries=3)
+    async with client:
         with pytest.raises(error) as caught:
             await client.stat(CID)
-    assert calls == 1 and caught.value.status_code == status  # type: ignore[attr-defined]
+    assert len(wire.sent) == 1 and caught.value.status_code == status  # type: ignore[attr-defined]
 
 
 async def test_mock_429_past_the_budget_is_rate_limited() -> None:
-    async with mock(lambda request: httpx.Response(429, text="slow down"), max_retries=2) as client:
+    client, _ = mock(lambda sent: reply(429, text="slow down"), max_retries=2)
+    async with client:
         with pytest.raises(KuboRateLimited, match="after 3 attempt"):
             await client.stat(CID)
 
@@ -290,25 +287,24 @@ async def test_mock_429_past_the_budget_is_rate_limited() -> None:
     ],
 )
 async def test_mock_unreadable_stat_is_bad_response(content: bytes, match: str) -> None:
-    async with mock(lambda request: httpx.Response(200, content=content), max_body_bytes=1024) as client:
+    client, _ = mock(lambda sent: reply(200, content=content), max_body_bytes=1024)
+    async with client:
         with pytest.raises(BadKuboResponse, match=match):
             await client.stat(CID)
 
 
 async def test_mock_bad_cid_makes_no_call() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise AssertionError("no request expected")
-
-    async with mock(handler) as client:
+    client, wire = mock(lambda sent: reply(200, json={}))
+    async with client:
         with pytest.raises(KuboRejected, match="is not a CID"):
             await client.stat("../../etc/passwd")
+    assert wire.sent == []
 
 
 async def test_mock_429_waits_for_retry_after() -> None:
-    ok = httpx.Response(200, json={"Version": "0.39.0"})
-    answers = iter([httpx.Response(429, headers={"Retry-After": "0.2"}), ok])
+    client, _ = mock(sequence(reply(429, headers={"Retry-After": "0.2"}), reply(200, json={"Version": "0.39.0"})))
     started = time.perf_counter()
-    async with mock(lambda request: next(answers)) as client:
+    async with client:
         assert await client.version() == "0.39.0"
     assert time.perf_counter() - started >= 0.2
 
@@ -324,4 +320,4 @@ def test_each_tenant_gets_its_node_from_the_settings() -> None:
     assert settings.kubo_url_for(7) == "http://node7:5001"
     assert settings.kubo_url_for(8) == "http://default:5001"
     assert settings.kubo_url_for(None) == "http://default:5001"
-    assert KuboClient.from_settings(settings, 7)._http.base_url == "http://node7:5001"  # noqa: SLF001
+    assert KuboClient.from_settings(settings, 7)._wire._base == "http://node7:5001"  # type: ignore[attr-defined]  # noqa: SLF001
