@@ -11,10 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.errors import (
     BadPlatformResponse,
     PlatformRejected,
@@ -292,26 +289,6 @@ def test_from_settings() -> None:
     assert client.max_retries == 5 and client.max_body_bytes == 1234
     assert client.max_requests_per_call == 10
     asyncio.run(client.aclose())
-
-
-@given(st.integers(min_value=0, max_value=100), st.floats(0.01, 1), st.floats(0.1, 10))
-def test_full_jitter_stays_in_bounds(retry: int, base: float, cap: float) -> None:
-    assert 0 <= full_jitter(retry, base, cap, random.Random(retry)) <= min(cap, base * 2**retry)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("3", 3.0), ("0.5", 0.5), (" 10 ", 10.0), ("-1", None), ("soon", None), (None, None), ("nan", None)],
-)
-def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(value) == seconds
-
-
-def test_parse_retry_after_http_date() -> None:
-    from datetime import datetime, timezone
-
-    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
 
 
 # -- tokens the admin system refreshes itself ---------------------------------------------

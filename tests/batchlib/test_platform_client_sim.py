@@ -21,8 +21,6 @@ from batchlib.platform_client import AccountState, InMemoryTokenStore, PlatformC
 from simulators.account_platform import Knobs, PlatformSimulator
 from tests.support.services import settle
 
-pytestmark = pytest.mark.unit
-
 TENANT = 7
 ACCOUNTS = 120
 
