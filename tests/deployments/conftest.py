@@ -68,7 +68,8 @@ def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPa
             "BATCH_CONCURRENCY": "10",
             "BATCH_CONCURRENCY_PER_TENANT": json.dumps({str(t): KILL_TENANT_CONCURRENCY for t in KILL_TENANTS}),
             "PREFECT_LOGGING_LEVEL": "INFO",
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as docs/operations.md sets it on workers
+            # No PREFECT_FLOWS_HEARTBEAT_FREQUENCY here: prefect.yaml's job variables give every run its
+            # heartbeat (the kill test's zombie automation relies on it).
             "PREFECT_WORKER_QUERY_SECONDS": "5",  # docs/operations.md: halves the pick-up share of dispatch
         }
         boot = subprocess.run(
