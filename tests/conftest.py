@@ -3,7 +3,8 @@
 Helpers shared by several test packages live in plain modules (tests/support); this file holds
 only fixtures and hooks. A test marked ``unit`` may use none of the fixtures that reach a
 service (``SERVICE_FIXTURES``): collection refuses it, so ``-m unit`` runs with no MariaDB,
-Redis or Prefect server.
+Redis or Prefect server; with exactly ``-m unit`` the modules whose source does not say
+``pytest.mark.unit`` are not even imported (collecting them all costs more than the tests).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -164,3 +166,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if wrong:
         raise pytest.UsageError("tests marked unit may not use services:\n  " + "\n  ".join(wrong))
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m unit``: skip importing test modules that hold no unit test (their source says so)."""
+    if (
+        config.getoption("markexpr") == "unit"
+        and collection_path.suffix == ".py"
+        and collection_path.name.startswith("test_")
+        and "pytest.mark.unit" not in collection_path.read_text(encoding="utf-8")
+    ):
+        return True
+    return None
