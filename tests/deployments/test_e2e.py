@@ -19,7 +19,7 @@ from batchlib.seeding import import_accounts
 from deployments.bootstrap import HEARTBEAT_FREQUENCY_S
 from deployments.spec import REPO_ROOT, load_specs
 from flows.dispatcher import DEPLOYMENTS
-from tests.deployments.conftest import POOL, Deployed, wait_for
+from tests.support.deployed import POOL, Deployed, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 
 from deployments.templates import main
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 
 async def _deployment(name: str):
