@@ -31,7 +31,8 @@ def test_ten_tenants_share_a_platform_cap_of_200_evenly_and_never_exceed_it(batc
     simulator in its own process instead of task runs, so that the cap binds and not this
     process's CPU (ten account-check flows in one test process on the shared 2-core machine
     stalled its event loop for seconds, and the heartbeats with it). Long calls (2 s) and a
-    slow poll keep this process's work low: a loaded machine still fills every slot."""
+    slow poll keep this process's work low. Asserted: the simulator's peaks and the blocks
+    granted, not calls per second (docs/concurrency.md says why)."""
     LATENCY_S = 2.0
     configure(concurrency=50, platform_max_in_flight=200, limit_poll_s=5, share_heartbeat_s=BEAT_S)
     tenants = list(range(1, 11))
@@ -76,6 +77,8 @@ def test_ten_tenants_share_a_platform_cap_of_200_evenly_and_never_exceed_it(batc
                 await asyncio.sleep(0.1)
             end = time.monotonic()
             stop.set()
+            for f in followers:
+                f.limiter.open()  # a feed waiting for a slot sees the stop
             await asyncio.gather(*feeds)
         for f in followers:
             await f.close()
