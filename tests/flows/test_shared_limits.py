@@ -19,8 +19,8 @@ from deployments.local_server import free_port
 from flows.account_check import account_check
 from simulators.account_platform import PlatformSimulator
 from tasks.limits import LimitFollower
-from tests.flows.conftest import BatchEnv
 from tests.flows.test_limits import create_limit, read_limit, set_limit
+from tests.support.batch_env import BatchEnv
 
 POLL_S = 1.0
 BEAT_S = 0.5
