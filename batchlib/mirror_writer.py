@@ -76,6 +76,7 @@ class MirrorWriter:
         # Called at once with TAKEN_OVER when a flush finds the fence stale, with CANCELLED when
         # a flush or read finds the row cancelled or deleted: the run stops starting items.
         self._on_stop = on_stop or (lambda reason: None)
+        self.on_progress: Callable[[int], None] | None = None  # rows moved by each flush that recorded
 
     def add(self, outcome: ItemOutcome) -> None:
         self._buffer.append((time.monotonic(), outcome))
@@ -180,6 +181,8 @@ class MirrorWriter:
             self.stats.max_lag_s = max(self.stats.max_lag_s, now - min(t for t, _ in batch))
         if cancelled:
             self.cancel_requested = True
+        if self.on_progress is not None and outcomes:
+            self.on_progress(moved)
 
     def _write(self, session: Session, outcomes: list[ItemOutcome]) -> tuple[int, bool]:
         """Record (or heartbeat), then read whether the admin panel cancelled or deleted the row."""

@@ -38,7 +38,7 @@ from batchcore.errors import (
     DatabaseUnavailable,
     InvalidItems,
     LockLost,
-    PlatformError,
+    ServiceError,
     StaleFence,
     UnknownBatch,
 )
@@ -281,7 +281,7 @@ class BatchRun:
         ):
             try:
                 collected = await batch_type.collect(self.settings, self.tenant_id, self.task_data or {})
-            except PlatformError as exc:  # the outside service failed: a failed batch, resumable
+            except ServiceError as exc:  # the outside service failed: a failed batch, resumable
                 collect_error = f"could not collect the items: {exc.reason}"
         return open_batch(
             batch_type.name, self.tenant_id, self.task_data,
@@ -509,7 +509,7 @@ class BatchRun:
         self.calls += 1
         try:
             outcome = await self.batch_type.handle(self.ctx, item_id, item_data)
-        except PlatformError as exc:
+        except ServiceError as exc:
             outcome = ItemOutcome.failed(item_id, exc.reason)
         except Exception as exc:  # a handler bug must not sink the batch
             log.exception("item %s of batch %s failed unexpectedly", item_id, self.ctx.batch_id)

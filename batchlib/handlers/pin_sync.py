@@ -34,13 +34,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from batchcore.errors import InvalidItems, PlatformError, PlatformUnavailable
+from batchcore.errors import InvalidItems, KuboError, KuboUnavailable, PinNotFound
 from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings
 from batchlib.backoff import full_jitter
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
-from batchlib.kubo_client import KuboClient, PinNotFound
+from batchlib.kubo_client import KuboClient
 from batchlib.validation import check_tenant
 from db import failed_items, mark_pins_removed, record_pins, remove_unseen_pins
 
@@ -83,7 +83,7 @@ async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, An
             try:
                 pins = await kubo.list_pins(PIN_TYPE)
                 break
-            except PlatformUnavailable as exc:  # a broken stream: list again from the start
+            except KuboUnavailable as exc:  # a broken stream: list again from the start
                 if attempt == settings.http_max_retries:
                     raise
                 log.warning("pin/ls of tenant %s broke (%s); listing again", tenant_id, exc.reason)
@@ -100,7 +100,7 @@ async def handle(ctx: ItemContext, item_id: int, item_data: dict[str, Any] | Non
         stat = await ctx.kubo.stat(cid)
     except PinNotFound as exc:
         return ItemOutcome.failed(item_id, exc.reason, cid=cid, vanished=True)
-    except PlatformError as exc:
+    except KuboError as exc:
         return ItemOutcome.failed(item_id, exc.reason, cid=cid)
     return ItemOutcome.success(item_id, cid=cid, size=stat.cumulative_size, blocks=stat.blocks, type=stat.type)
 

@@ -27,8 +27,7 @@ from prefect.client.schemas.objects import StateType
 
 from batchlib.locks import lease_key
 from batchlib.seeding import import_accounts
-from tests.conftest import REDIS_URL
-from tests.deployments.conftest import (
+from tests.support.deployed import (
     KILL_TENANT_CONCURRENCY,
     KILL_TENANTS,
     WORKER_LIMIT,
@@ -36,6 +35,7 @@ from tests.deployments.conftest import (
     descendants,
     wait_for,
 )
+from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
