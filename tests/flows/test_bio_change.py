@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from flows.bio_change import bio_change
-from tests.flows.conftest import BatchEnv, items_of
+from tests.support.batch_env import BatchEnv, items_of
 
 
 def test_bios_reach_the_platform_and_the_detail_rows(batch_env: BatchEnv) -> None:
