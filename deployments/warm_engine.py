@@ -1,6 +1,7 @@
 """Start flow runs from a warm process: ``python -m prefect.engine`` without paying its imports.
 
-    job variable ``command: python -m deployments.warm_engine`` (instead of ``python -m prefect.engine``)
+    work pool / deployment job variable (instead of the default ``python -m prefect.engine``):
+    command: sh -c 'exec python "$BATCH_REPO_DIR/deployments/warm_engine.py"'
 
 Each flow-run process of the process worker spends ~3 s of CPU importing Prefect, its engine,
 the pull steps and our flows (sqlalchemy, aiohttp, redis) before its first item
@@ -9,20 +10,20 @@ client, standard library only, that hands the run to a warm process on the same 
 has imported all of that once and forks a child per run:
 
 - the client sends its stdin/stdout/stderr, environment, working directory and pid over a UNIX
-  socket; the warm process forks; the child takes that environment, directory and output,
-  refreshes Prefect's settings from it and runs ``prefect.engine`` as ``__main__``, as the
-  cold command would;
+  socket (in a directory only this user can enter); the warm process forks; the child takes
+  that environment, directory and output, refreshes Prefect's settings from it and runs
+  ``prefect.engine`` as ``__main__``, as the cold command would;
 - the client forwards SIGTERM/SIGINT/SIGHUP to the child and exits with its exit code; when the
   client dies (the worker's process tree killed), the child kills itself at once (it watches
   the client's pidfd), so killing a worker still kills its runs;
-- no warm process yet (first run on a host, code changed, process gone): the client starts
-  one in the background and this run execs the cold ``python -m prefect.engine`` itself. A run
-  never waits for the warm process.
+- no warm process yet (first run on a host, code or settings changed): the client starts one
+  and waits for it up to ``WAIT_S`` (a burst of runs shares one warm-up instead of paying it
+  each), then falls back to exec'ing the cold ``python -m prefect.engine``.
 
 The warm process is per host, user, Python, checkout and environment (a fingerprint of the
-interpreter, the working directory, every ``*.py`` of the repository's packages with its
-mtime, and the environment without the per-run ``PREFECT__*`` variables): changed code or
-settings get a new one. It exits after ``IDLE_EXIT_S`` without a run.
+interpreter, every ``*.py`` of the repository's packages with its mtime, and the environment
+without the per-run ``PREFECT__*`` variables): changed code or settings get a new one. It
+exits after ``IDLE_EXIT_S`` without a run. Its log: ``<socket>.log``.
 """
 
 from __future__ import annotations
@@ -67,8 +68,20 @@ def _fingerprint(env: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _socket_path(fingerprint: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"batch-warm-engine-{os.getuid()}-{fingerprint}.sock")
+def _socket_path(fingerprint: str) -> str | None:
+    """In a directory only this user can enter (the client sends its environment: credentials);
+    None when it is not ours or not private."""
+    import stat
+
+    folder = os.path.join(tempfile.gettempdir(), f"batch-warm-engine-{os.getuid()}")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        return None
+    return os.path.join(folder, f"{fingerprint}.sock")
 
 
 def _send(sock: socket.socket, payload: dict, fds: list[int] | None = None) -> None:
@@ -102,6 +115,9 @@ def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict | None, list[int
 def client() -> int:
     env, cwd = dict(os.environ), os.getcwd()
     path = _socket_path(_fingerprint(env))
+    if path is None:
+        print("warm engine: no private socket directory: starting cold", file=sys.stderr, flush=True)
+        os.execv(COLD[0], COLD)
     sock = _connect(path)
     if sock is None:
         _spawn_server(path, env)
@@ -170,12 +186,19 @@ def _spawn_server(path: str, env: dict[str, str]) -> None:
         except OSError:
             return  # one is starting
         fcntl.flock(lock, fcntl.LOCK_UN)
-    with open(path + ".log", "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "deployments.warm_engine", "--serve", path], cwd=ROOT,
-            env={k: v for k, v in env.items() if not k.startswith("PREFECT__")},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
+    pid = os.fork()  # through an intermediate process: the warm process is nobody's child
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        with open(path + ".log", "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "deployments.warm_engine", "--serve", path], cwd=ROOT,
+                env={k: v for k, v in env.items() if not k.startswith("PREFECT__")},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+    finally:
+        os._exit(0)
 
 
 # -- the warm process ----------------------------------------------------------------------------
@@ -190,6 +213,10 @@ def serve(path: str) -> int:
         return 0  # another warm process holds this fingerprint
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _warm_up()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the imported objects move to a permanent generation: children's collections leave their pages shared
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = f"{path}.{os.getpid()}"
     listener.bind(staging)
