@@ -14,12 +14,20 @@
     ├── LockLost                     the Redis lease was lost while running
     ├── DatabaseUnavailable          the mirror stayed unreachable past the outage budget
     ├── AccountTableMismatch         the accounts table is not what the BATCH_ACCOUNT_* settings describe
-    └── PlatformError                an external service call failed
-        ├── PlatformUnavailable      5xx / timeouts / connection errors past the retry budget
-        ├── RateLimited              429 past the retry budget
-        ├── TokenRefreshFailed       the refresh token was refused
-        ├── PlatformRejected         a terminal 4xx (bad request, banned, not found...)
-        └── BadPlatformResponse      a body we cannot read (HTML, truncated, too large)
+    └── ServiceError                 an outside service call failed (``reason``: short, no tokens)
+        ├── PlatformError            the account platform (batchlib.platform_client)
+        │   ├── PlatformUnavailable  5xx / timeouts / connection errors past the retry budget
+        │   ├── RateLimited          429 past the retry budget
+        │   ├── TokenRefreshFailed   the refresh token was refused
+        │   ├── PlatformRejected     a terminal 4xx (bad request, banned, not found...)
+        │   └── BadPlatformResponse  a body we cannot read (HTML, truncated, too large)
+        └── KuboError                the tenant's IPFS node, Kubo RPC (batchlib.kubo_client)
+            ├── KuboUnavailable      5xx / timeouts / connection errors past the retry budget,
+            │                        or a pin/ls stream that broke before its clean end
+            ├── KuboRateLimited      429 past the retry budget
+            ├── KuboRejected         400/403/404/405, or a 500 no retry can fix (invalid path)
+            │   └── PinNotFound      files/stat says the pin's root block is gone; never retried
+            └── BadKuboResponse      a body or line that is not the JSON we expect, or too large
 
 Each message is written for the person who has to act on it.
 """
@@ -41,12 +49,19 @@ __all__ = [
     "LockLost",
     "DatabaseUnavailable",
     "AccountTableMismatch",
+    "ServiceError",
     "PlatformError",
     "PlatformUnavailable",
     "RateLimited",
     "TokenRefreshFailed",
     "PlatformRejected",
     "BadPlatformResponse",
+    "KuboError",
+    "KuboUnavailable",
+    "KuboRateLimited",
+    "KuboRejected",
+    "PinNotFound",
+    "BadKuboResponse",
 ]
 
 
@@ -148,13 +163,17 @@ class AccountTableMismatch(BatchError):
     """
 
 
-class PlatformError(BatchError):
-    """An external service call failed; ``reason`` is short and safe to store (no tokens)."""
+class ServiceError(BatchError):
+    """An outside service call failed; ``reason`` is short and safe to store (no tokens)."""
 
     def __init__(self, reason: str, *, status_code: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
+
+
+class PlatformError(ServiceError):
+    """A call to the account platform failed."""
 
 
 class PlatformUnavailable(PlatformError):
@@ -174,4 +193,32 @@ class PlatformRejected(PlatformError):
 
 
 class BadPlatformResponse(PlatformError):
+    pass
+
+
+class KuboError(ServiceError):
+    """A call to the tenant's IPFS node (Kubo RPC) failed."""
+
+
+class KuboUnavailable(KuboError):
+    pass
+
+
+class KuboRateLimited(KuboError):
+    pass
+
+
+class KuboRejected(KuboError):
+    pass
+
+
+class PinNotFound(KuboRejected):
+    """The pin was listed but its root block is gone (unpinned and collected): not retried."""
+
+    def __init__(self, cid: str, message: str) -> None:
+        super().__init__(f"not pinned: {cid} is no longer on the node ({message[:200]})", status_code=500)
+        self.cid = cid
+
+
+class BadKuboResponse(KuboError):
     pass

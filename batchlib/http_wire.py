@@ -1,25 +1,31 @@
-"""One HTTP request to the platform, as a reply or a failure reason: the I/O under PlatformClient.
+"""The HTTP seam of both outside clients: one request as a reply or a failure reason.
 
-``Wire.send`` never raises for what the network or the server does; it returns either a
-``Reply`` (body ``None`` when larger than ``max_body_bytes``) or a short, token-free reason
-such as ``"timeout (ReadTimeout)"``. Retries, refresh and error classes live in
-``batchlib.platform_client``; this module only moves bytes, with these limits:
+``PlatformClient`` and ``KuboClient`` take a ``Wire`` (``wire=``); production and every test
+against a simulator use ``AiohttpWire``, pure unit tests a scripted fake (tests/support/wire.py).
+Nothing here raises for what the network or the server does:
+
+- ``send`` returns a ``Reply`` (body ``None`` when larger than ``max_body_bytes``) or a short,
+  token-free reason such as ``"timeout (ReadTimeout)"``;
+- ``open`` returns a ``Stream`` (status, headers, the body as chunks; for pin/ls) or a reason; a
+  body that breaks while streamed raises ``StreamBroken(reason)``.
+
+Retries, refresh and error classes live in the clients; the wire only moves bytes, with
+these limits (``Limits``):
 
 - ``connect_timeout``: to open a connection; waiting for a free pooled connection is not
-  the platform's fault and has no limit;
+  the server's fault and has no limit;
 - ``read_timeout``: no byte for this long (headers or body) -> ``timeout (ReadTimeout)``;
 - ``body_timeout``: the body not complete this long after the headers (a trickling server
-  resets a per-read timeout with every byte) -> ``timeout (BodyTimeout)``;
+  resets a per-read timeout with every byte) -> ``timeout (BodyTimeout)``; ``send`` only;
 - ``max_body_bytes``: a declared or actual larger body stops the read (``Reply.body is None``).
 
-Two implementations:
-
-``AiohttpWire`` (production): aiohttp's connection pool and C HTTP parser. It costs
-~0.15 ms of CPU per request here against ~0.7 ms for ``httpx.AsyncClient`` (docs/benchmarks.md),
-and the platform client's event loop is what bounds a batch.
-
-``HttpxWire``: the same contract over any ``httpx`` transport; unit tests pass an
-``httpx.MockTransport`` to script answers without a server.
+Why aiohttp and not httpx (which the card names): CPU per request bounds a batch, since one
+event loop makes every call, and aiohttp costs 0.16 ms of client CPU per request against
+1.1 ms for httpx on pools of 2 connections and 3.8 ms on one pool of 50 (platform ``GET
+/v1/me``; Kubo ``files/stat`` alike: 0.27 against 1.1 and 4.2 ms), measured by
+``bench/http_libs.py`` (docs/benchmarks.md). httpcore's pool is quadratic in requests in
+flight x connections; aiohttp's is not, so the sharded httpx transport the Kubo client needed
+is gone too.
 """
 
 from __future__ import annotations
@@ -32,11 +38,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-import httpx
+import certifi
 
-__all__ = ["AiohttpWire", "HttpxWire", "Reply", "Wire"]
-
-DEFAULT_HEADERS = {"Accept": "application/json", "User-Agent": "batchlib-platform-client"}
+__all__ = ["AiohttpWire", "Limits", "Reply", "Stream", "StreamBroken", "Wire"]
 
 
 @dataclass(slots=True)
@@ -46,8 +50,31 @@ class Reply:
     body: bytes | None  # None: larger than max_body_bytes
 
 
+class StreamBroken(Exception):
+    """A streamed body ended before its clean end; ``reason`` is short and token-free."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Stream(Protocol):
+    """An open response whose body is read as it arrives; ``aclose`` frees its connection."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises ``StreamBroken`` if it breaks."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class Wire(Protocol):
     async def send(self, method: str, path: str, headers: dict[str, str], content: bytes | None) -> Reply | str: ...
+
+    async def open(self, method: str, path: str, headers: dict[str, str]) -> Stream | str: ...
 
     async def aclose(self) -> None: ...
 
@@ -65,9 +92,10 @@ class Limits:
 class AiohttpWire:
     """Requests through one ``aiohttp.ClientSession``, created in the loop of the first request."""
 
-    def __init__(self, base_url: str, limits: Limits) -> None:
+    def __init__(self, base_url: str, limits: Limits, headers: Mapping[str, str] | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._limits = limits
+        self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -79,7 +107,7 @@ class AiohttpWire:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
-            headers=DEFAULT_HEADERS,
+            headers=self._headers,
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
             # No trust_env: with it aiohttp reads the proxy variables and ~/.netrc on every
@@ -97,10 +125,11 @@ class AiohttpWire:
 
     async def send(self, method: str, path: str, headers: dict[str, str], content: bytes | None) -> Reply | str:
         session = self._session or self._open()
-        url = self._base + path
         cap = self._limits.max_body_bytes
         try:
-            async with session.request(method, url, headers=headers, data=content, allow_redirects=False) as response:
+            async with session.request(
+                method, self._base + path, headers=headers, data=content, allow_redirects=False
+            ) as response:
                 declared = response.content_length
                 if declared is not None and declared > cap:
                     return Reply(response.status, response.headers, None)
@@ -110,55 +139,55 @@ class AiohttpWire:
                 else:
                     body = await _read_capped(response.content.iter_any(), cap, self._limits.body_timeout)
                 return Reply(response.status, response.headers, body)
-        except aiohttp.ConnectionTimeoutError:
-            return "timeout (ConnectTimeout)"
-        except aiohttp.ServerTimeoutError:
-            return "timeout (ReadTimeout)"
-        except TimeoutError:  # asyncio.timeout: the body trickled in for too long
-            return "timeout (BodyTimeout)"
-        except aiohttp.ClientPayloadError:
-            return "connection error (truncated or undecodable body)"
+        except TimeoutError as exc:  # asyncio.timeout: the body trickled in for too long
+            return _reason(exc) if isinstance(exc, aiohttp.ClientError) else "timeout (BodyTimeout)"
         except (aiohttp.ClientError, OSError) as exc:
-            # The exception is not chained or kept: aiohttp's request_info holds the headers.
-            return f"connection error ({type(exc).__name__})"
+            return _reason(exc)
+
+    async def open(self, method: str, path: str, headers: dict[str, str]) -> Stream | str:
+        session = self._session or self._open()
+        try:
+            response = await session.request(method, self._base + path, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:
+            return _reason(exc)
+        return _AiohttpStream(response)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-class HttpxWire:
-    """The same contract over an ``httpx`` transport (tests: ``httpx.MockTransport``)."""
+class _AiohttpStream:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
 
-    def __init__(self, base_url: str, limits: Limits, transport: httpx.AsyncBaseTransport) -> None:
-        self._limits = limits
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            transport=transport,
-            timeout=httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout, pool=None),
-            headers=DEFAULT_HEADERS,
-        )
-
-    async def send(self, method: str, path: str, headers: dict[str, str], content: bytes | None) -> Reply | str:
-        cap = self._limits.max_body_bytes
+    async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async with self._http.stream(method, path, headers=headers, content=content) as response:
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    return Reply(response.status_code, response.headers, None)
-                body = await _read_capped(response.aiter_bytes(), cap, self._limits.body_timeout)
-                return Reply(response.status_code, response.headers, body)
-        except httpx.TimeoutException as exc:
-            return f"timeout ({type(exc).__name__})"
-        except TimeoutError:
-            return "timeout (BodyTimeout)"
-        except httpx.DecodingError:
-            return "undecodable response body"
-        except httpx.TransportError as exc:
-            return f"connection error ({type(exc).__name__})"
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, OSError) as exc:
+            raise StreamBroken(_reason(exc)) from None
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Give the connection back if the body was read to its end, else close it."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a transport failure. The exception is not kept: aiohttp's
+    ``request_info`` holds the request headers (the bearer token)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timeout (ConnectTimeout)"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return "timeout (ReadTimeout)"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection error (truncated or undecodable body)"
+    return f"connection error ({type(exc).__name__})"
 
 
 async def _read_capped(chunks: AsyncIterator[bytes], cap: int, timeout: float) -> bytes | None:
@@ -178,5 +207,5 @@ async def _read_capped(chunks: AsyncIterator[bytes], cap: int, timeout: float) -
 
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
-    """One verifying context (httpx's CA bundle) for every session and pool: building one costs ~20 ms."""
-    return httpx.create_ssl_context()
+    """One verifying context (certifi's CA bundle) for every session: building one costs ~20 ms."""
+    return ssl.create_default_context(cafile=certifi.where())

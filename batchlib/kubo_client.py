@@ -5,17 +5,20 @@
             async for pin in pins:                       # streamed, never the whole list in memory
                 stat = await kubo.stat(pin.cid)          # PinNotFound if it vanished meanwhile
 
-Errors (from ``batchlib.errors``; ``PinNotFound`` is defined here):
+Errors (``batchlib.errors``, all ``KuboError``, none a ``PlatformError``):
 
-    PlatformUnavailable   5xx, timeouts, connection errors past the retry budget;
+    KuboUnavailable       5xx, timeouts, connection errors past the retry budget;
                           a pin/ls stream that breaks before its clean end
-    RateLimited           429 past the retry budget
-    PlatformRejected      400/403/404/405, or a 500 that no retry can fix (invalid path)
+    KuboRateLimited       429 past the retry budget
+    KuboRejected          400/403/404/405, or a 500 that no retry can fix (invalid path)
     └── PinNotFound       files/stat says the block is gone: the pin disappeared. Never retried.
-    BadPlatformResponse   a body or line that is not the JSON we expect, or is too large
+    BadKuboResponse       a body or line that is not the JSON we expect, or is too large
 
 Each call makes at most ``1 + max_retries`` requests. Only the opening of a pin/ls stream is
 retried: once lines were yielded, a break raises, and the caller lists again from the start.
+
+Requests go over the injected ``Wire`` (``batchlib.http_wire``), by default ``AiohttpWire`` like
+the platform client: one HTTP library, one seam, for both outside services.
 """
 
 from __future__ import annotations
@@ -28,12 +31,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-
-import httpx
+from urllib.parse import urlencode
 
 from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.errors import BadPlatformResponse, PlatformRejected, PlatformUnavailable, RateLimited
-from batchlib.http_pool import ShardedTransport
+from batchlib.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PinNotFound
+from batchlib.http_wire import AiohttpWire, Limits, Reply, Stream, StreamBroken, Wire
 from batchlib.settings import Settings
 
 __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
@@ -41,8 +43,7 @@ __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
 PinType = Literal["recursive", "direct", "indirect", "all"]
 T = TypeVar("T")
 
-# Waiting for a free pooled connection is not a node failure: no pool timeout.
-DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0, pool=None)
+DEFAULT_HEADERS = {"User-Agent": "batchlib-kubo-client"}
 _PIN_TYPES = ("recursive", "direct", "indirect", "all")
 _CID_RE = re.compile(r"[A-Za-z0-9]{8,128}")  # multibase CIDv1 or base58 CIDv0
 _NOT_FOUND_HINTS = ("not found", "could not find", "is not pinned")
@@ -68,14 +69,6 @@ class PinStat:
     type: str
 
 
-class PinNotFound(PlatformRejected):
-    """The pin was listed but its root block is gone (unpinned and collected): not retried."""
-
-    def __init__(self, cid: str, message: str) -> None:
-        super().__init__(f"not pinned: {cid} is no longer on the node ({message[:200]})", status_code=500)
-        self.cid = cid
-
-
 class _Transient(Exception):
     """One attempt failed in a way another attempt may fix."""
 
@@ -87,13 +80,19 @@ class _Transient(Exception):
 
 
 class KuboClient:
-    """One ``httpx.AsyncClient`` to a Kubo RPC endpoint; use it as an async context manager."""
+    """One connection pool to a Kubo RPC endpoint; use it as an async context manager.
+
+    ``wire`` replaces the default ``AiohttpWire`` (built from the timeouts, caps and pool size
+    given here); unit tests inject a scripted one.
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        body_timeout: float = 30.0,
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
@@ -101,18 +100,13 @@ class KuboClient:
         max_line_bytes: int = 64 * 1024,
         max_body_bytes: int = 1_000_000,
         max_connections: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            # One httpx pool of 100 connections cost ~2.4 ms of CPU per stat at 50 in flight.
-            transport=transport or ShardedTransport(max_connections),
-            headers={"User-Agent": "batchlib-kubo-client"},
-        )
+        limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections)
+        self._wire: Wire = wire or AiohttpWire(base_url, limits, DEFAULT_HEADERS)
         self._max_retries = max_retries
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -122,11 +116,13 @@ class KuboClient:
         self._rng = rng or random.Random()
 
     @classmethod
-    def from_settings(cls, settings: Settings, tenant_id: int | None = None, **overrides: Any) -> "KuboClient":
+    def from_settings(cls, settings: Settings, tenant_id: int | None = None, **overrides: Any) -> KuboClient:
         """A client of the tenant's node (``BATCH_KUBO_NODES``, else ``BATCH_KUBO_URL``) with the
         ``BATCH_HTTP_*`` settings."""
         options: dict[str, Any] = {
-            "timeout": httpx.Timeout(settings.http_read_timeout_s, connect=settings.http_connect_timeout_s, pool=None),
+            "connect_timeout": settings.http_connect_timeout_s,
+            "read_timeout": settings.http_read_timeout_s,
+            "body_timeout": settings.http_body_timeout_s,
             "max_retries": settings.http_max_retries,
             "backoff_base": settings.http_backoff_base_s,
             "backoff_max": settings.http_backoff_max_s,
@@ -135,14 +131,14 @@ class KuboClient:
         }
         return cls(settings.kubo_url_for(tenant_id), **{**options, **overrides})
 
-    async def __aenter__(self) -> "KuboClient":
+    async def __aenter__(self) -> KuboClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._wire.aclose()
 
     # -- calls ------------------------------------------------------------------------------
     async def version(self) -> str:
@@ -150,7 +146,7 @@ class KuboClient:
         body = await self._retrying("version", lambda: self._post_json("version", {}))
         version = body.get("Version")
         if not isinstance(version, str):
-            raise BadPlatformResponse("kubo version: the answer has no Version string")
+            raise BadKuboResponse("kubo version: the answer has no Version string")
         return version
 
     async def stat(self, cid: str) -> PinStat:
@@ -159,7 +155,7 @@ class KuboClient:
         Raises PinNotFound, without retrying, when the node no longer has the pin's root block.
         """
         if not _CID_RE.fullmatch(cid):
-            raise PlatformRejected(f"kubo files/stat: {cid[:80]!r} is not a CID")
+            raise KuboRejected(f"kubo files/stat: {cid[:80]!r} is not a CID")
         params = {"arg": f"/ipfs/{cid}", "offline": "true"}
         body = await self._retrying("files/stat", lambda: self._post_json("files/stat", params, cid=cid))
         try:
@@ -170,30 +166,30 @@ class KuboClient:
             if not isinstance(kind, str):
                 raise TypeError
         except (KeyError, TypeError):
-            raise BadPlatformResponse(f"kubo files/stat: unexpected answer for {cid}: {str(body)[:200]}") from None
+            raise BadKuboResponse(f"kubo files/stat: unexpected answer for {cid}: {str(body)[:200]}") from None
         return PinStat(cid, values["Size"], values["CumulativeSize"], values["Blocks"], kind)
 
     async def iter_pins(self, type: PinType = "recursive") -> AsyncIterator[PinRef]:
         """Stream ``pin/ls?stream=true`` line by line.
 
-        Raises PlatformUnavailable("kubo stream ended early ...") if the body breaks before its
+        Raises KuboUnavailable("kubo stream ended early ...") if the body breaks before its
         clean end (connection reset, incomplete chunked body, read timeout, or an error object in
-        the stream), and BadPlatformResponse on a line that is not a pin. Wrap the iterator in
+        the stream), and BadKuboResponse on a line that is not a pin. Wrap the iterator in
         ``contextlib.aclosing`` when you may stop early, so the connection is released at once.
         """
         if type not in _PIN_TYPES:
             raise ValueError(f"pin type must be one of {', '.join(_PIN_TYPES)}, got {type!r}")
         params = {"type": type, "stream": "true"}
-        response = await self._retrying("pin/ls", lambda: self._open("pin/ls", params))
+        stream = await self._retrying("pin/ls", lambda: self._open("pin/ls", params))
         count = 0
         try:
-            async with aclosing(self._lines(response, lambda: count)) as lines:
+            async with aclosing(self._lines(stream, lambda: count)) as lines:
                 async for line in lines:
                     for pin in _parse_pin_line(line, count):
                         count += 1
                         yield pin
         finally:
-            await response.aclose()
+            await stream.aclose()
 
     async def list_pins(self, type: PinType = "recursive") -> list[PinRef]:
         """All pins in a list (the stream, collected)."""
@@ -215,79 +211,74 @@ class KuboClient:
                 if last.retry_after is not None:
                     delay = max(delay, min(last.retry_after, self._retry_after_max))
                 await asyncio.sleep(delay)
-        error = RateLimited if last.status_code == 429 else PlatformUnavailable
+        error = KuboRateLimited if last.status_code == 429 else KuboUnavailable
         reason = f"kubo {endpoint} unavailable after {attempts} attempt(s): {last.detail}"
         raise error(reason, status_code=last.status_code)
 
-    async def _open(self, endpoint: str, params: dict[str, str], cid: str | None = None) -> httpx.Response:
-        """One request; returns the open response if it is a 200, else raises (and closes it)."""
-        request = self._http.build_request("POST", f"/api/v0/{endpoint}", params=params)
+    async def _open(self, endpoint: str, params: dict[str, str]) -> Stream:
+        """One streamed request; returns the open stream if it is a 200, else raises (and closes it)."""
+        stream = await self._wire.open("POST", _path(endpoint, params), {})
+        if isinstance(stream, str):
+            raise _Transient(stream)
+        if stream.status == 200:
+            return stream
         try:
-            response = await self._http.send(request, stream=True)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(_describe(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise PlatformUnavailable(f"kubo {endpoint}: {_describe(exc)}") from exc
-        if response.status_code == 200:
-            return response
-        try:
-            body = await self._read(response, endpoint, error_body=True)
+            body = await self._error_body(stream)
         finally:
-            await response.aclose()
-        failure = _failure(endpoint, response.status_code, body, cid)
-        if isinstance(failure, _Transient):
-            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
-        raise failure
+            await stream.aclose()
+        raise _failure(endpoint, Reply(stream.status, stream.headers, body), None)
+
+    async def _error_body(self, stream: Stream) -> bytes:
+        """At most max_body_bytes of a refusal's body (the rest is not read)."""
+        buffer = bytearray()
+        try:
+            async for chunk in stream.chunks():
+                buffer += chunk
+                if len(buffer) > self._max_body_bytes:
+                    break
+        except StreamBroken as exc:
+            raise _Transient(exc.reason) from None
+        return bytes(buffer[: self._max_body_bytes])
 
     async def _post_json(self, endpoint: str, params: dict[str, str], cid: str | None = None) -> dict[str, Any]:
         """One request whose 200 body is a single JSON object."""
-        response = await self._open(endpoint, params, cid)
+        reply = await self._wire.send("POST", _path(endpoint, params), {}, None)
+        if isinstance(reply, str):
+            raise _Transient(reply)
+        if reply.status != 200:
+            raise _failure(endpoint, reply, cid)
+        if reply.body is None:
+            raise BadKuboResponse(f"kubo {endpoint}: the answer exceeds {self._max_body_bytes} bytes")
         try:
-            body = await self._read(response, endpoint)
-        finally:
-            await response.aclose()
-        try:
-            value = json.loads(body)
+            value = json.loads(reply.body)
         except ValueError:
-            raise BadPlatformResponse(f"kubo {endpoint}: the answer is not JSON: {body[:120]!r}") from None
+            raise BadKuboResponse(f"kubo {endpoint}: the answer is not JSON: {reply.body[:120]!r}") from None
         if not isinstance(value, dict):
-            raise BadPlatformResponse(f"kubo {endpoint}: expected a JSON object, got {type(value).__name__}")
+            raise BadKuboResponse(f"kubo {endpoint}: expected a JSON object, got {type(value).__name__}")
         return value
 
-    async def _read(self, response: httpx.Response, endpoint: str, *, error_body: bool = False) -> bytes:
-        """The body, at most max_body_bytes (an error body is cut there, a 200 body is refused)."""
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > self._max_body_bytes:
-                    if error_body:
-                        break
-                    raise BadPlatformResponse(f"kubo {endpoint}: the answer exceeds {self._max_body_bytes} bytes")
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(_describe(exc)) from exc
-        return b"".join(chunks)[: self._max_body_bytes]
-
-    async def _lines(self, response: httpx.Response, count: Callable[[], int]) -> AsyncIterator[bytes]:
-        """Complete NDJSON lines; a break before the clean end becomes PlatformUnavailable."""
+    async def _lines(self, stream: Stream, count: Callable[[], int]) -> AsyncIterator[bytes]:
+        """Complete NDJSON lines; a break before the clean end becomes KuboUnavailable."""
         buffer = b""
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in stream.chunks():
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 if len(buffer) > self._max_line_bytes:
-                    raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                    raise BadKuboResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
                 for line in lines:
                     if len(line) > self._max_line_bytes:
-                        raise BadPlatformResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
+                        raise BadKuboResponse(f"kubo pin/ls: a line exceeds {self._max_line_bytes} bytes")
                     if line.strip():
                         yield line
-        except httpx.TransportError as exc:
-            raise PlatformUnavailable(f"kubo stream ended early after {count()} pins: {_describe(exc)}") from exc
+        except StreamBroken as exc:
+            raise KuboUnavailable(f"kubo stream ended early after {count()} pins: {exc.reason}") from None
         if buffer.strip():
             yield buffer  # a clean end without a final newline
+
+
+def _path(endpoint: str, params: dict[str, str]) -> str:
+    return f"/api/v0/{endpoint}?{urlencode(params)}" if params else f"/api/v0/{endpoint}"
 
 
 def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
@@ -295,9 +286,9 @@ def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
     try:
         value = json.loads(line)
     except ValueError:
-        raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not JSON: {line[:120]!r}") from None
+        raise BadKuboResponse(f"kubo pin/ls: line {seen + 1} is not JSON: {line[:120]!r}") from None
     if isinstance(value, dict) and value.get("Type") == "error" and "Message" in value:
-        raise PlatformUnavailable(f"kubo stream ended early after {seen} pins: {str(value['Message'])[:200]}")
+        raise KuboUnavailable(f"kubo stream ended early after {seen} pins: {str(value['Message'])[:200]}")
     if isinstance(value, dict) and isinstance(value.get("Cid"), str) and isinstance(value.get("Type"), str):
         return [PinRef(value["Cid"], value["Type"])]
     if isinstance(value, dict) and isinstance(value.get("Keys"), dict):
@@ -305,20 +296,22 @@ def _parse_pin_line(line: bytes, seen: int) -> list[PinRef]:
             return [PinRef(cid, info["Type"]) for cid, info in value["Keys"].items() if isinstance(info["Type"], str)]
         except (KeyError, TypeError):
             pass
-    raise BadPlatformResponse(f"kubo pin/ls: line {seen + 1} is not a pin: {line[:120]!r}")
+    raise BadKuboResponse(f"kubo pin/ls: line {seen + 1} is not a pin: {line[:120]!r}")
 
 
-def _failure(endpoint: str, status: int, body: bytes, cid: str | None) -> Exception:
+def _failure(endpoint: str, reply: Reply, cid: str | None) -> Exception:
     """Map a non-200 answer to the error to raise (``_Transient`` means: try again)."""
-    message = _kubo_message(body)
+    status = reply.status
+    message = _kubo_message(reply.body or b"")
     lowered = message.lower()
     if status == 500 and cid is not None and any(hint in lowered for hint in _NOT_FOUND_HINTS):
         return PinNotFound(cid, message)
     if status == 429 or (status >= 500 and not any(hint in lowered for hint in _TERMINAL_HINTS)):
-        return _Transient(f"HTTP {status}: {message}", status_code=status)
+        retry_after = parse_retry_after(reply.headers.get("retry-after"))
+        return _Transient(f"HTTP {status}: {message}", status_code=status, retry_after=retry_after)
     if 400 <= status < 600:
-        return PlatformRejected(f"kubo {endpoint} refused the call (HTTP {status}): {message}", status_code=status)
-    return BadPlatformResponse(f"kubo {endpoint}: unexpected HTTP {status}", status_code=status)
+        return KuboRejected(f"kubo {endpoint} refused the call (HTTP {status}): {message}", status_code=status)
+    return BadKuboResponse(f"kubo {endpoint}: unexpected HTTP {status}", status_code=status)
 
 
 def _kubo_message(body: bytes) -> str:
@@ -330,7 +323,3 @@ def _kubo_message(body: bytes) -> str:
     except ValueError:
         pass
     return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from batchlib.batch_types import BatchType
-from batchlib.errors import PlatformError
+from batchlib.errors import ServiceError
 from batchlib.item_context import ItemContext
 from batchlib.limiter import ResizableLimiter
 from batchlib.mirror_writer import MirrorWriter
@@ -63,7 +63,7 @@ class BatchRuntime:
         self.calls += 1
         try:
             outcome = await self.batch_type.handle(self.ctx, item_id, item_data)
-        except PlatformError as exc:
+        except ServiceError as exc:
             outcome = ItemOutcome.failed(item_id, exc.reason)
         except Exception as exc:  # a handler bug must not sink the batch
             log.exception("item %s of batch %s failed unexpectedly", item_id, self.ctx.batch_id)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Optional
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "BatchTask", "BatchTaskDetail", "BatchRun", "Account", "FriendRequestLog", "IpfsPin", "columns_of"]
+__all__ = ["Base", "BatchTask", "BatchTaskDetail", "BatchRun", "Account", "FriendRequestLog", "IpfsPin", "BatchTemplate",
+           "columns_of"]
 
 
 class Base(DeclarativeBase):
@@ -159,6 +160,37 @@ class IpfsPin(Base):
     last_task_id: Mapped[Optional[int]] = mapped_column(Integer)  # the pin_sync batch that last saw it
     create_time: Mapped[int] = mapped_column(Integer)
     update_time: Mapped[int] = mapped_column(Integer)
+
+
+class BatchTemplate(Base):
+    """A batch template the admin panel saves: a named, scheduled set of parameters of a type.
+
+    The panel writes the template columns; the maintenance run writes ``sync_*`` and
+    ``prefect_*`` when it mirrors the row into a schedule of the type's deployment.
+    """
+
+    __tablename__ = "la_batch_template"
+    __table_args__ = (Index("idx_template_tenant", "tenant_id", "task_type"),)
+    __repr_attrs__ = ("id", "tenant_id", "task_type", "name", "sync_status")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    task_type: Mapped[str] = mapped_column(String(50))
+    task_data: Mapped[Optional[str]] = mapped_column(Text)
+    cron: Mapped[str] = mapped_column(String(100))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    enabled: Mapped[int] = mapped_column(SmallInteger, default=1, server_default="1")
+    create_admin_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sync_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    sync_error: Mapped[Optional[str]] = mapped_column(String(500))
+    sync_time: Mapped[Optional[int]] = mapped_column(Integer)
+    sync_digest: Mapped[Optional[str]] = mapped_column(String(64))
+    prefect_deployment_id: Mapped[Optional[str]] = mapped_column(String(36))
+    prefect_schedule_id: Mapped[Optional[str]] = mapped_column(String(36))
+    create_time: Mapped[int] = mapped_column(Integer)
+    update_time: Mapped[int] = mapped_column(Integer)
+    delete_time: Mapped[Optional[int]] = mapped_column(Integer)
 
 
 def columns_of(model: type[Base]) -> list[str]:

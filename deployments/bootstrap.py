@@ -7,8 +7,8 @@
 2. the process work pool of prefect.yaml (``batch-pool``), created if missing;
 3. the automation "crash zombie flow runs" (created, or updated when it differs): a flow run
    that stops sending heartbeats for ``ZOMBIE_AFTER_S`` is marked CRASHED. Workers send them
-   every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (set 30 on every worker: the
-   smallest value Prefect accepts; its default, 180, would leave a dead run RUNNING 9 min);
+   every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30, the smallest value Prefect accepts,
+   set by prefect.yaml's job variables; its default, 180, would leave a dead run RUNNING 9 min);
    and, once the maintenance deployment exists, "replace a lost maintenance run": a
    maintenance run silent that long starts a stand-in maintenance run;
 4. with ``--deploy``: ``prefect deploy --all`` from the repository root, without
@@ -48,7 +48,7 @@ log = logging.getLogger("deployments.bootstrap")
 
 ZOMBIE_AUTOMATION = "crash zombie flow runs"
 STAND_IN_AUTOMATION = "replace a lost maintenance run"
-HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers
+HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of every run (prefect.yaml's job variables)
 # Three missed heartbeats, Prefect's recipe. Two gave false alarms on a loaded host: a live run
 # marked Crashed keeps working (the reaper goes by the mirror's heartbeat) but ends Crashed in
 # the UI. The resume bound does not depend on it: the reaper's own 60 s heartbeat window and the
@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         deploy_all()
         log.info("maintenance schedule anchored at %s", asyncio.run(anchor_maintenance_schedule()))
     log.info("automation %r %s", STAND_IN_AUTOMATION, asyncio.run(ensure_stand_in_automation()))
-    log.info("reminder: every worker needs BATCH_REPO_DIR=<its checkout> (here: %s) and "
-             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=%s in its environment", REPO_ROOT, HEARTBEAT_FREQUENCY_S)
+    log.info("reminder: every worker needs BATCH_REPO_DIR=<its checkout> (here: %s) in its environment", REPO_ROOT)
     return 0
 
 

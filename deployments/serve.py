@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from deployments.bootstrap import HEARTBEAT_FREQUENCY_S
 from deployments.spec import REPO_ROOT, DeploymentSpec, load_specs
 
 __all__ = ["runner_deployments", "main"]
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown deployments: {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s.name in wanted]
     os.chdir(REPO_ROOT)  # flow runs start here, so batchlib/db/tasks/flows import
+    # Served runs are subprocesses inheriting this environment: they must heartbeat, or the
+    # bootstrap's zombie automation marks every run longer than its window Crashed.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_FREQUENCY_S))
     from prefect import serve
 
     serve(*runner_deployments(specs, schedules=not args.no_schedules))

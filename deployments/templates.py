@@ -12,6 +12,11 @@ parameters are the batch's: the Prefect UI shows it on the deployment's page, wi
 parameters, and runs it like any scheduled run. The parameters are validated when the template
 is saved (unknown tenant, accounts of another tenant, malformed items: refused in one line,
 exit 2, nothing saved), so a template does not fail when it fires for a reason known today.
+
+The admin panel saves its templates as la_batch_template rows instead; the maintenance run
+mirrors them into schedules the same way (tasks/templates_sync.py). ``list`` shows both
+(``cli`` or ``panel #<row id>``); ``run`` starts either; ``remove`` refuses a panel template
+(delete the row in the panel, or the next sync would bring it back).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["main", "validate", "template_parameters"]
+__all__ = ["main", "validate", "template_parameters", "cron_schedule"]
 
 
 def template_parameters(task_type: str, tenant_id: int, account_ids: list[int] | None, items: list | None) -> dict:
@@ -31,17 +36,44 @@ def template_parameters(task_type: str, tenant_id: int, account_ids: list[int] |
     return {"tenant_id": tenant_id, "items": items}
 
 
+def cron_schedule(cron: Any, timezone: Any) -> tuple[Any, str | None]:
+    """(the CronSchedule, None), or (None, why the cron or time zone is refused, one line)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        return CronSchedule(cron=cron, timezone=timezone), None
+    except ValidationError as exc:
+        message = str(exc.errors()[0].get("msg", "")).removeprefix("Value error, ")
+        return None, " ".join(message.split())[:200]
+    except (TypeError, ValueError) as exc:
+        return None, " ".join(str(exc).split())[:200]
+
+
 def validate(task_type: str, parameters: dict[str, Any]) -> None:
-    """Raise InvalidInput (a BatchError) when the batch these parameters start would be refused."""
+    """Raise InvalidInput (a BatchError) when the batch these parameters start would be refused.
+
+    The checks of a batch start, read-only (``validate_request``): the type's task_data keys,
+    the task name and admin id, then the type's ``parse`` against the mirror (unknown tenant,
+    accounts of another tenant, malformed items). The CLI's ``add`` and the panel templates'
+    sync (tasks/templates_sync.py) both call this.
+    """
     from batchlib.batch_types import get_batch_type
     from batchlib.settings import get_settings
+    from batchlib.task_data import validate_request
     from db import get_engine, run_transaction
 
     settings = get_settings()
     batch_type = get_batch_type(task_type)
-    task_data = {k: v for k, v in parameters.items() if k != "tenant_id"}
+    task_data = {k: v for k, v in parameters.items() if k not in _NOT_TASK_DATA}
     engine = get_engine(settings.database_url.get_secret_value())
-    run_transaction(engine, lambda s: batch_type.parse(s, parameters["tenant_id"], task_data, settings))
+    run_transaction(engine, lambda s: validate_request(
+        s, batch_type, parameters.get("tenant_id"), task_data or None, settings,
+        task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
+    ))
+
+
+_NOT_TASK_DATA = ("tenant_id", "task_name", "create_admin_id")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,12 +121,9 @@ async def _command(args: argparse.Namespace) -> int:
             if mine:
                 raise _Refused(f"template {args.name!r} already exists on {args.task_type}; remove it first")
             parameters = _checked_parameters(args)
-            from prefect.client.schemas.schedules import CronSchedule
-
-            try:
-                schedule = CronSchedule(cron=args.cron, timezone=args.timezone)
-            except ValueError as exc:
-                raise _Refused(f"invalid --cron/--timezone: {str(exc).splitlines()[-1].strip()}") from None
+            schedule, problem = cron_schedule(args.cron, args.timezone)
+            if problem is not None:
+                raise _Refused(f"invalid --cron/--timezone: {problem}")
             await client.create_deployment_schedules(
                 deployment.id, [(schedule, True)], parameters=parameters, slug=args.name
             )
@@ -103,6 +132,10 @@ async def _command(args: argparse.Namespace) -> int:
         if not mine:
             raise _Refused(f"no template {args.name!r} on {args.task_type}")
         if args.command == "remove":
+            owner = _panel_owned().get(str(mine[0].id))
+            if owner is not None:
+                raise _Refused(f"template {args.name!r} is the admin panel's (la_batch_template #{owner}): "
+                               "delete it in the panel")
             await client.delete_deployment_schedule(deployment.id, mine[0].id)
             print(f"template {args.name!r} removed")
             return 0
@@ -155,6 +188,7 @@ async def _deployment(client, task_type: str):
 async def _list(client) -> int:
     from flows.dispatcher import DEPLOYMENTS
 
+    owned = _panel_owned()
     for task_type, name in sorted(DEPLOYMENTS.items()):
         try:
             deployment = await client.read_deployment_by_name(name)
@@ -162,8 +196,25 @@ async def _list(client) -> int:
             continue
         for s in await client.read_deployment_schedules(deployment.id):
             if s.slug:
-                print(f"{s.slug}  {task_type}  {getattr(s.schedule, 'cron', s.schedule)}  {json.dumps(s.parameters)}")
+                source = f"panel #{owned[str(s.id)]}" if str(s.id) in owned else "cli"
+                state = "" if s.active else "  (paused)"
+                print(f"{s.slug}  {task_type}  {getattr(s.schedule, 'cron', s.schedule)}  {source}  "
+                      f"{json.dumps(s.parameters)}{state}")
     return 0
+
+
+def _panel_owned() -> dict[str, int]:
+    """Schedule id -> the la_batch_template row that owns it ({} before migration 0011)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from batchlib.settings import get_settings
+    from db import get_engine, run_transaction
+    from db.templates import owned_schedules
+
+    try:
+        return run_transaction(get_engine(get_settings().database_url.get_secret_value()), owned_schedules)
+    except DBAPIError:
+        return {}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from batchlib.errors import (
     DatabaseUnavailable,
     InvalidItems,
     LockLost,
-    PlatformError,
+    ServiceError,
     StaleFence,
     UnknownBatch,
 )
@@ -198,7 +198,7 @@ async def run_batch(
         ):
             try:
                 collected = await batch_type.collect(settings, tenant_id, task_data or {})
-            except PlatformError as exc:  # the outside service failed: a failed batch, resumable
+            except ServiceError as exc:  # the outside service failed: a failed batch, resumable
                 collect_error = f"could not collect the items: {exc.reason}"
         opened = _accepted(open_batch(
             task_type, tenant_id, task_data,

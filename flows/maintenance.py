@@ -7,7 +7,10 @@ One run loops for ``run_for_s`` (960 s) from its scheduled start:
 - every ``poll_s`` (2 s): dispatch the ``pending`` rows the admin panel inserted
   (flows/dispatcher.py ``dispatch_once``);
 - every ``reap_every_s`` (15 s): reap batches whose run died and resume them automatically
-  (flows/reaper.py ``reap_once``).
+  (flows/reaper.py ``reap_once``);
+- every ``templates_every_s`` (20 s): mirror the admin panel's templates (la_batch_template)
+  into Prefect schedules when a row changed, all of them on the first pass
+  (tasks/templates_sync.py ``sync_templates_once``).
 
 The schedule starts one run every 900 s, so consecutive runs overlap by about a minute and a
 dispatch never waits for a new run: about 96 runs a day instead of one dispatcher and one
@@ -38,6 +41,7 @@ from prefect.runtime import flow_run
 from flows.dispatcher import dispatch_once
 from flows.reaper import reap_once
 from tasks.maintenance import live_maintenance_runs
+from tasks.templates_sync import sync_templates_once
 
 __all__ = ["maintenance"]
 
@@ -50,12 +54,14 @@ def maintenance(
     stand_in: bool = False,
     limit: int = 100,
     redispatch_after_s: int = 120,
+    templates_every_s: float = 20.0,
 ) -> dict:
     """Dispatch every ``poll_s`` and reap every ``reap_every_s`` until ``run_for_s`` after the scheduled start."""
     log = get_run_logger()
     deadline = time.monotonic() + max(0.0, run_for_s - _late_by())
     totals: Counter = Counter()
-    next_reap = time.monotonic()
+    next_reap = next_templates = time.monotonic()
+    templates_full = True  # the first sync of a run looks at every template
     # A stand-in first reaps, then checks every reap_every_s whether it is still needed: its
     # start races the zombie automation, which may not have crashed the lost run yet.
     duty_check = time.monotonic() + reap_every_s
@@ -71,6 +77,10 @@ def maintenance(
                 next_reap = time.monotonic() + reap_every_s
                 reaped = reap_once()
                 done.update({k: len(v) for k, v in reaped.items() if v})
+            if time.monotonic() >= next_templates:
+                next_templates = time.monotonic() + templates_every_s
+                done.update(sync_templates_once(full=templates_full))
+                templates_full = False
         except Exception as exc:  # e.g. the mirror or the API is down for a moment: try again next poll
             log.error("maintenance pass failed: %s: %s", type(exc).__name__, exc)
             done = Counter(error=1)

@@ -1,28 +1,32 @@
-"""Fixtures that create real resources with unique names and drop them afterwards."""
+"""Fixtures that create real resources with unique names and drop them afterwards.
+
+Helpers shared by several test packages live in plain modules (tests/support); this file holds
+only fixtures and hooks. A test marked ``unit`` may use none of the fixtures that reach a
+service (``SERVICE_FIXTURES``): collection refuses it, so ``-m unit`` runs with no MariaDB,
+Redis or Prefect server; with exactly ``-m unit`` the modules whose source does not say
+``pytest.mark.unit`` are not even imported (collecting them all costs more than the tests).
+"""
 
 from __future__ import annotations
 
-import base64
 import os
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
-import pymysql
 import pytest
+from sqlalchemy import Engine
 
-MYSQL_HOST = os.environ.get("TEST_MYSQL_HOST", "127.0.0.1")
-MYSQL_PORT = int(os.environ.get("TEST_MYSQL_PORT", "3306"))
-MYSQL_USER = os.environ.get("TEST_MYSQL_USER", "root")
-MYSQL_PASSWORD = os.environ.get("TEST_MYSQL_PASSWORD", "")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def mysql_admin() -> pymysql.connections.Connection:
-    return pymysql.connect(
-        host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, autocommit=True
-    )
+from tests.support.services import (
+    MYSQL_HOST,
+    MYSQL_PASSWORD,
+    MYSQL_PORT,
+    MYSQL_USER,
+    REDIS_URL,
+    delete_batch_limits,
+    migrated_engine,
+    mysql_admin,
+)
 
 
 @pytest.fixture
@@ -106,24 +110,6 @@ def prefect_api(prefect_server):
         os.environ["PREFECT_API_AUTH_STRING"] = saved
 
 
-def prefect_db_dump(prefect_server) -> str:
-    """Everything the server stored (flow and task runs, states, parameters, logs), as SQL text."""
-    from deployments.local_server import PG_URL
-
-    base = PG_URL.rsplit("/", 1)[0]
-    out = subprocess.run(["pg_dump", "--data-only", f"{base}/{prefect_server.db}"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout
-
-
-def auth_needles(auth_string: str | None) -> list[str]:
-    """The Prefect API credential in each form it travels: ``user:password``, the password, and
-    the base64 of a ``Basic`` header; searched for in logs and dumps like the token canaries."""
-    if not auth_string:
-        return []
-    return [auth_string, auth_string.split(":", 1)[1], base64.b64encode(auth_string.encode()).decode()]
-
-
 @pytest.fixture(scope="module")
 def module_sim():
     """One platform simulator per test module (tests reseed and reset it)."""
@@ -131,24 +117,6 @@ def module_sim():
 
     with PlatformSimulator() as sim:
         yield sim
-
-
-def settle(sim, timeout: float = 5.0) -> None:
-    """Wait for calls still hanging from an earlier test, so they do not land in this one's log."""
-    deadline = time.monotonic() + timeout
-    while sim.stats()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-async def delete_batch_limits() -> None:
-    """Remove the ``batch:`` global concurrency limits runs created (they outlive a test and
-    would override the next test's BATCH_CONCURRENCY, which is only their default)."""
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        for limit in await client.read_global_concurrency_limits(limit=200):
-            if limit.name.startswith("batch:"):
-                await client.delete_global_concurrency_limit_by_name(limit.name)
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +143,38 @@ def fresh_batch_limits(request: pytest.FixtureRequest) -> Iterator[None]:
             asyncio.run(delete_batch_limits())
     yield
 
+
+
+@pytest.fixture
+def mysql_engine(mysql_url: str) -> Iterator[Engine]:
+    """A migrated MariaDB database."""
+    yield from migrated_engine(mysql_url)
+
+
+SERVICE_FIXTURES = frozenset({
+    "mysql_url", "any_db_url", "mysql_engine", "engine", "redis_url", "redis_prefix", "prefect_server", "prefect_api",
+    "batch_env", "fault_env", "outage_env", "deployed", "system",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``unit`` test that asks for a service fixture is a mistake of the test: refuse the run."""
+    wrong = [
+        f"{item.nodeid} uses {', '.join(sorted(SERVICE_FIXTURES & set(item.fixturenames)))}"
+        for item in items
+        if item.get_closest_marker("unit") and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("tests marked unit may not use services:\n  " + "\n  ".join(wrong))
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m unit``: skip importing test modules that hold no unit test (their source says so)."""
+    if (
+        config.getoption("markexpr") == "unit"
+        and collection_path.suffix == ".py"
+        and collection_path.name.startswith("test_")
+        and "pytest.mark.unit" not in collection_path.read_text(encoding="utf-8")
+    ):
+        return True
+    return None

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from batchlib.backoff import full_jitter
 from batchlib.batch_types import BatchScope, BatchType, Item, register
-from batchlib.errors import InvalidItems, PlatformError, PlatformUnavailable
+from batchlib.errors import InvalidItems, KuboError, KuboUnavailable, PinNotFound
 from batchlib.item_context import ItemContext
 from batchlib.outcomes import ItemOutcome
 from batchlib.settings import Settings
@@ -83,7 +83,7 @@ async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, An
             try:
                 pins = await kubo.list_pins(PIN_TYPE)
                 break
-            except PlatformUnavailable as exc:  # a broken stream: list again from the start
+            except KuboUnavailable as exc:  # a broken stream: list again from the start
                 if attempt == settings.http_max_retries:
                     raise
                 log.warning("pin/ls of tenant %s broke (%s); listing again", tenant_id, exc.reason)
@@ -92,8 +92,6 @@ async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, An
 
 
 async def handle(ctx: ItemContext, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome:
-    from batchlib.kubo_client import PinNotFound
-
     assert ctx.kubo is not None
     cid = (item_data or {}).get("cid")
     if not isinstance(cid, str):
@@ -102,7 +100,7 @@ async def handle(ctx: ItemContext, item_id: int, item_data: dict[str, Any] | Non
         stat = await ctx.kubo.stat(cid)
     except PinNotFound as exc:
         return ItemOutcome.failed(item_id, exc.reason, cid=cid, vanished=True)
-    except PlatformError as exc:
+    except KuboError as exc:
         return ItemOutcome.failed(item_id, exc.reason, cid=cid)
     return ItemOutcome.success(item_id, cid=cid, size=stat.cumulative_size, blocks=stat.blocks, type=stat.type)
 

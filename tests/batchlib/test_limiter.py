@@ -8,6 +8,8 @@ import pytest
 
 from batchlib.limiter import ResizableLimiter
 
+pytestmark = pytest.mark.unit
+
 
 def run(coro):
     return asyncio.run(coro)

@@ -8,6 +8,8 @@ from batchlib.errors import InvalidInput
 from batchlib.notify import _origin, outcome_of, recipients
 from db.failures import retry_source
 
+pytestmark = pytest.mark.unit
+
 TABLE = {"7:add_friend": ["a"], "7": ["b"], "add_friend": ["c"], "*": ["d"]}
 
 

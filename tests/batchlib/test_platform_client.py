@@ -1,19 +1,17 @@
-"""PlatformClient against httpx.MockTransport: retries, refresh, caps, error texts."""
+"""PlatformClient over a scripted wire (tests/support/wire.py): retries, refresh, caps, error texts.
+
+The wire's own behaviour (timeouts, caps while streaming, resets) is tested against real servers
+in tests/unit/test_http_wire.py and tests/batchlib/test_platform_client_sim.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from batchlib.backoff import full_jitter, parse_retry_after
 from batchlib.errors import (
     BadPlatformResponse,
     PlatformRejected,
@@ -21,28 +19,26 @@ from batchlib.errors import (
     RateLimited,
     TokenRefreshFailed,
 )
+from batchlib.http_wire import Reply
 from batchlib.platform_client import AccountState, Credentials, InMemoryTokenStore, PlatformClient
 from batchlib.settings import Settings
+from tests.support.wire import Handler, ScriptedWire, Sent, reply, sequence
+
+pytestmark = pytest.mark.unit
 
 ACCESS, REFRESH = "at_secret_access_0001", "rt_secret_refresh_0001"
 NEW_ACCESS, NEW_REFRESH = "at_secret_access_0002", "rt_secret_refresh_0002"
 ME = {"uid": "u7-000001", "status": "alive", "nickname": "bob", "avatar_url": None}
 
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
 class Harness:
-    """A client on a MockTransport whose sleeps are recorded instead of slept."""
+    """A client on a scripted wire whose sleeps are recorded instead of slept."""
 
     def __init__(self, handler: Handler, **options: Any) -> None:
-        self.requests: list[httpx.Request] = []
+        self.wire = ScriptedWire(handler)
+        self.requests = self.wire.sent
         self.sleeps: list[float] = []
         self.store = InMemoryTokenStore()
         self.store.put(1, ACCESS, REFRESH)
-
-        def record(request: httpx.Request) -> httpx.Response:
-            self.requests.append(request)
-            return handler(request)
 
         async def fake_sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
@@ -51,7 +47,7 @@ class Harness:
         self.client = PlatformClient(
             "http://platform.test",
             self.store,
-            transport=httpx.MockTransport(record),
+            wire=self.wire,
             sleep=fake_sleep,
             rng=random.Random(1),
             **options,
@@ -65,28 +61,15 @@ class Harness:
         return asyncio.run(main())
 
     def paths(self) -> list[str]:
-        return [r.url.path for r in self.requests]
+        return [r.path for r in self.requests]
 
 
-def sequence(*responses: httpx.Response | Exception) -> Handler:
-    """Answer with the given responses in order (exceptions are raised), then repeat the last."""
-    queue = list(responses)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        item = queue.pop(0) if len(queue) > 1 else queue[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    return handler
+def ok(payload: Any = ME) -> Reply:
+    return reply(200, json=payload)
 
 
-def ok(payload: Any = ME) -> httpx.Response:
-    return httpx.Response(200, json=payload)
-
-
-def error(status: int, code: str, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json={"error": code, "message": f"{code} happened"}, headers=headers)
+def error(status: int, code: str, **headers: str) -> Reply:
+    return reply(status, json={"error": code, "message": f"{code} happened"}, headers=headers)
 
 
 def test_get_me_sends_the_token_in_the_header_only() -> None:
@@ -95,7 +78,7 @@ def test_get_me_sends_the_token_in_the_header_only() -> None:
     assert state == AccountState("u7-000001", "alive", "bob", None)
     (request,) = h.requests
     assert request.headers["authorization"] == f"Bearer {ACCESS}"
-    assert ACCESS not in str(request.url)
+    assert ACCESS not in request.path and request.content is None
     assert h.client.attempts == 1
 
 
@@ -131,23 +114,23 @@ def test_rate_limited_past_the_budget() -> None:
 
 
 def test_5xx_and_connection_errors_are_retried() -> None:
-    h = Harness(sequence(error(503, "unavailable"), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), ok()))
+    h = Harness(sequence(error(503, "unavailable"), "connection error (ClientConnectorError)", "timeout (ReadTimeout)", ok()))
     assert h.run(lambda c: c.get_me(1)).status == "alive"
     assert h.client.attempts == 4
     assert len(h.sleeps) == 3
 
 
 def test_5xx_past_the_budget_is_unavailable() -> None:
-    h = Harness(sequence(httpx.Response(502, text="<html>bad gateway</html>")), max_retries=3)
+    h = Harness(sequence(reply(502, text="<html>bad gateway</html>")), max_retries=3)
     with pytest.raises(PlatformUnavailable) as info:
         h.run(lambda c: c.get_me(1))
     assert h.client.attempts == 4 == h.client.max_retries + 1
     assert info.value.reason == "platform error (HTTP 502); gave up after 4 attempts"
 
 
-def test_remote_protocol_error_is_a_connection_error() -> None:
-    h = Harness(sequence(httpx.RemoteProtocolError("peer closed connection")), max_retries=1)
-    with pytest.raises(PlatformUnavailable, match=r"connection error \(RemoteProtocolError\)"):
+def test_a_transport_failure_is_retried_and_its_reason_kept() -> None:
+    h = Harness(sequence("connection error (ServerDisconnectedError)"), max_retries=1)
+    with pytest.raises(PlatformUnavailable, match=r"connection error \(ServerDisconnectedError\); gave up after 2"):
         h.run(lambda c: c.get_me(1))
     assert h.client.attempts == 2
 
@@ -158,48 +141,33 @@ def test_remote_protocol_error_is_a_connection_error() -> None:
         (error(422, "invalid_nickname"), "invalid_nickname (HTTP 422)"),
         (error(403, "account_banned"), "account_banned (HTTP 403)"),
         (error(404, "unknown_friend"), "unknown_friend (HTTP 404)"),
-        (httpx.Response(400, json={"error": f"bad {ACCESS}"}), "rejected (HTTP 400)"),
-        (httpx.Response(409, text="<html>conflict</html>"), "rejected (HTTP 409)"),
+        (reply(400, json={"error": f"bad {ACCESS}"}), "rejected (HTTP 400)"),
+        (reply(409, text="<html>conflict</html>"), "rejected (HTTP 409)"),
     ],
 )
-def test_other_4xx_are_terminal(response: httpx.Response, reason: str) -> None:
+def test_other_4xx_are_terminal(response: Reply, reason: str) -> None:
     h = Harness(sequence(response, ok()))
     with pytest.raises(PlatformRejected) as info:
         h.run(lambda c: c.change_nickname(1, "x"))
     assert info.value.reason == reason
-    assert info.value.status_code == response.status_code
+    assert info.value.status_code == response.status
     assert h.client.attempts == 1 and h.sleeps == []
 
 
 def test_body_over_the_cap_is_refused_without_retry() -> None:
-    h = Harness(sequence(httpx.Response(200, content=b"x" * 5000)), max_body_bytes=1000)
+    h = Harness(sequence(Reply(200, {}, None)), max_body_bytes=1000)  # the wire stopped reading at the cap
     with pytest.raises(BadPlatformResponse, match="larger than 1000 bytes"):
         h.run(lambda c: c.get_me(1))
     assert h.client.attempts == 1
 
 
-def test_streamed_body_is_abandoned_at_the_cap() -> None:
-    sent = 0
-
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal sent
-        for _ in range(50_000):  # 50 MB if read to the end
-            sent += 1
-            yield b"x" * 1024
-
-    h = Harness(lambda request: httpx.Response(200, content=chunks()), max_body_bytes=10_000)
-    with pytest.raises(BadPlatformResponse):
-        h.run(lambda c: c.get_me(1))
-    assert sent <= 11
-
-
 def test_garbage_body_is_retried_once() -> None:
-    html = httpx.Response(200, text="<html>proxy error</html>")
+    html = reply(200, text="<html>proxy error</html>")
     h = Harness(sequence(html, ok()))
     assert h.run(lambda c: c.get_me(1)).uid == "u7-000001"
     assert h.client.attempts == 2
 
-    h = Harness(sequence(html, httpx.Response(200, content=b'{"uid": "u7-0')))
+    h = Harness(sequence(html, reply(200, content=b'{"uid": "u7-0')))
     with pytest.raises(BadPlatformResponse, match="unreadable response body"):
         h.run(lambda c: c.get_me(1))
     assert h.client.attempts == 2
@@ -214,7 +182,7 @@ def test_garbage_body_is_retried_once() -> None:
     ],
 )
 def test_wrong_shape_is_a_bad_response(payload: Any, attempts: int) -> None:
-    h = Harness(sequence(httpx.Response(200, json=payload)))
+    h = Harness(sequence(reply(200, json=payload)))
     with pytest.raises(BadPlatformResponse):
         h.run(lambda c: c.get_me(1))
     assert h.client.attempts == attempts
@@ -223,18 +191,18 @@ def test_wrong_shape_is_a_bad_response(payload: Any, attempts: int) -> None:
 def test_add_friend_returns_the_status() -> None:
     h = Harness(sequence(ok({"status": "pending"})))
     assert h.run(lambda c: c.add_friend(1, "u7-000002")) == "pending"
-    assert json.loads(h.requests[0].content) == {"friend_uid": "u7-000002"}
+    assert h.requests[0].json() == {"friend_uid": "u7-000002"}
 
 
-def token_platform(refresh_response: httpx.Response | None = None) -> tuple[Handler, dict[str, int]]:
+def token_platform(refresh_response: Reply | None = None) -> tuple[Handler, dict[str, int]]:
     """A platform accepting only NEW_ACCESS; the refresh endpoint rotates to it (or answers as given)."""
     counts = {"refresh": 0}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/oauth/refresh":
+    def handler(request: Sent) -> Reply:
+        if request.path == "/v1/oauth/refresh":
             counts["refresh"] += 1
             assert "authorization" not in request.headers
-            assert json.loads(request.content) == {"refresh_token": REFRESH}
+            assert request.json() == {"refresh_token": REFRESH}
             if refresh_response is not None:
                 return refresh_response
             return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 3600})
@@ -257,11 +225,11 @@ def test_expired_token_is_refreshed_and_stored() -> None:
 def test_refresh_is_single_flight_per_account() -> None:
     handler, counts = token_platform()
 
-    async def slow(request: httpx.Request) -> httpx.Response:
+    async def slow(request: Sent) -> Reply | str:
         await asyncio.sleep(0.01)  # all 50 calls are in flight before the first 401 comes back
         return handler(request)
 
-    h = Harness(slow)  # type: ignore[arg-type]
+    h = Harness(slow)
     results = h.run(lambda c: asyncio.gather(*(c.get_me(1) for _ in range(50))))
     assert len(results) == 50
     assert counts["refresh"] == 1 and h.client.refreshes == 1 and h.store.saves == 1
@@ -284,8 +252,8 @@ def test_refused_refresh_fails_once_without_looping(status: int) -> None:
 
 
 def test_second_401_after_refresh_does_not_loop() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/oauth/refresh":
+    def handler(request: Sent) -> Reply:
+        if request.path == "/v1/oauth/refresh":
             return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 60})
         return error(401, "invalid_token")
 
@@ -299,7 +267,7 @@ def test_second_401_after_refresh_does_not_loop() -> None:
 def test_no_token_in_reprs_or_error_texts() -> None:
     creds = Credentials(ACCESS, REFRESH, 3)
     assert ACCESS not in repr(creds) and REFRESH not in str(creds) and "version=3" in repr(creds)
-    for response in (error(400, f"invalid_grant {REFRESH}"), httpx.Response(400, json={"error": REFRESH})):
+    for response in (error(400, f"invalid_grant {REFRESH}"), reply(400, json={"error": REFRESH})):
         handler, _ = token_platform(response)
         h = Harness(handler)
         with pytest.raises(TokenRefreshFailed) as info:
@@ -323,26 +291,6 @@ def test_from_settings() -> None:
     asyncio.run(client.aclose())
 
 
-@given(st.integers(min_value=0, max_value=100), st.floats(0.01, 1), st.floats(0.1, 10))
-def test_full_jitter_stays_in_bounds(retry: int, base: float, cap: float) -> None:
-    assert 0 <= full_jitter(retry, base, cap, random.Random(retry)) <= min(cap, base * 2**retry)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("3", 3.0), ("0.5", 0.5), (" 10 ", 10.0), ("-1", None), ("soon", None), (None, None), ("nan", None)],
-)
-def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(value) == seconds
-
-
-def test_parse_retry_after_http_date() -> None:
-    from datetime import datetime, timezone
-
-    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
-
-
 # -- tokens the admin system refreshes itself ---------------------------------------------
 OTHER_ACCESS, OTHER_REFRESH = "at_secret_access_0009", "rt_secret_refresh_0009"
 
@@ -350,8 +298,8 @@ OTHER_ACCESS, OTHER_REFRESH = "at_secret_access_0009", "rt_secret_refresh_0009"
 def test_a_refused_refresh_uses_the_pair_someone_else_stored_meanwhile() -> None:
     h: Harness
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/oauth/refresh":  # the panel spent the token a moment before us
+    def handler(request: Sent) -> Reply:
+        if request.path == "/v1/oauth/refresh":  # the panel spent the token a moment before us
             h.store.put(1, OTHER_ACCESS, OTHER_REFRESH, version=9)
             return error(400, "invalid_grant")
         return ok() if request.headers["authorization"] == f"Bearer {OTHER_ACCESS}" else error(401, "invalid_token")
@@ -365,8 +313,8 @@ def test_a_refused_refresh_uses_the_pair_someone_else_stored_meanwhile() -> None
 def test_a_401_after_our_refresh_uses_a_pair_stored_since() -> None:
     h: Harness
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/oauth/refresh":
+    def handler(request: Sent) -> Reply:
+        if request.path == "/v1/oauth/refresh":
             return ok({"access_token": NEW_ACCESS, "refresh_token": NEW_REFRESH, "expires_in": 60})
         token = request.headers["authorization"]
         if token == f"Bearer {NEW_ACCESS}":  # rotated again by the panel right after our refresh

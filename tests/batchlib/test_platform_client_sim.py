@@ -19,7 +19,7 @@ from batchlib.errors import (
 )
 from batchlib.platform_client import AccountState, InMemoryTokenStore, PlatformClient
 from simulators.account_platform import Knobs, PlatformSimulator
-from tests.conftest import settle
+from tests.support.services import settle
 
 TENANT = 7
 ACCOUNTS = 120

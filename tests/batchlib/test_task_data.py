@@ -24,6 +24,8 @@ from batchlib.task_data import (
     unstaged_request,
 )
 
+pytestmark = pytest.mark.unit
+
 DEEP = "[" * 30_000 + "]" * 30_000
 NICK = get_batch_type("nickname_change")
 CHECK = get_batch_type("account_check")

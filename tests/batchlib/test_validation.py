@@ -10,6 +10,8 @@ from batchlib.settings import Settings
 from batchlib.validation import check_avatar_url, check_friend_uid, check_nickname
 from simulators.kubo import make_cid
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("value", ["Alice", "新名字", "a b", "x" * 32, "😀 emoji"])
 def test_good_nicknames(value: str) -> None:

@@ -1,4 +1,4 @@
-"""Migrated databases and engines for the db tests."""
+"""Migrated databases for the db tests (``mysql_engine`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from db.engine import make_engine
-from db.migrate import upgrade
-
-
-def _engine(url: str) -> Iterator[Engine]:
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+from tests.support.services import migrated_engine
 
 
 @pytest.fixture
 def engine(any_db_url: str) -> Iterator[Engine]:
     """A migrated database on each backend (MariaDB, SQLite)."""
-    yield from _engine(any_db_url)
-
-
-@pytest.fixture
-def mysql_engine(mysql_url: str) -> Iterator[Engine]:
-    """A migrated MariaDB database."""
-    yield from _engine(mysql_url)
+    yield from migrated_engine(any_db_url)

@@ -12,11 +12,12 @@ from db import run_transaction
 from db.ddl import ORIGINAL_DDL
 from db.engine import make_engine
 from db.migrate import current, head, upgrade
-from db.models import BatchRun, BatchTask, BatchTaskDetail, columns_of
+from db.models import BatchRun, BatchTask, BatchTaskDetail, BatchTemplate, columns_of
 from tests.db.helpers import new_batch
 
 HEAD = head()
-TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log"}
+TABLES = {"la_batch_task", "la_batch_task_detail", "la_batch_run", "la_alt_account", "la_friend_request_log",
+          "la_batch_template"}
 
 
 def test_upgrade_empty_database(any_db_url: str) -> None:
@@ -34,6 +35,7 @@ def test_upgrade_empty_database(any_db_url: str) -> None:
         assert [c["name"] for c in insp.get_columns("la_batch_task_detail")] == columns_of(BatchTaskDetail)
         assert [c["name"] for c in insp.get_columns("la_batch_run")] == columns_of(BatchRun)
         assert "notified_status" in columns_of(BatchRun)
+        assert [c["name"] for c in insp.get_columns("la_batch_template")] == columns_of(BatchTemplate)
         detail_indexes = {i["name"]: i for i in insp.get_indexes("la_batch_task_detail")}
         assert detail_indexes["uq_detail_task_item"]["unique"]
         assert detail_indexes["idx_detail_task_status"]["column_names"] == ["task_id", "status"]

@@ -59,6 +59,7 @@ HALF_DONE = {
     "0006": ("0005", [], ("la_batch_run", None)),  # all done but the version: the column is not added twice
     "0007": ("0006", ["ALTER TABLE la_batch_task DROP INDEX uq_task_running"], ("la_batch_task", "uq_task_running")),
     "0010": ("0007", [], ("la_batch_run", None)),  # all done but the version: the column is not added twice
+    "0011": ("0010", ["DROP INDEX idx_template_tenant ON la_batch_template"], ("la_batch_template", "idx_template_tenant")),
 }
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from db import run_transaction
 from db.models import FriendRequestLog
 from db.retry import is_retryable
-from tests.conftest import mysql_admin
+from tests.support.services import mysql_admin
 
 
 def _log_row(s: Session, uid: str) -> None:

@@ -27,8 +27,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 
 from deployments.spec import REPO_ROOT, load_specs
-from tests.conftest import auth_needles, prefect_db_dump
-from tests.deployments.conftest import POOL, Deployed, wait_for
+from tests.support.deployed import POOL, Deployed, wait_for
+from tests.support.services import auth_needles, prefect_db_dump
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,9 +16,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Cancelling
 
 from batchlib.seeding import import_accounts
+from deployments.bootstrap import HEARTBEAT_FREQUENCY_S
 from deployments.spec import REPO_ROOT, load_specs
 from flows.dispatcher import DEPLOYMENTS
-from tests.deployments.conftest import POOL, Deployed, wait_for
+from tests.support.deployed import POOL, Deployed, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,7 +80,8 @@ def test_prefect_yaml_is_deployed(system: Deployed) -> None:
             assert deployment.pull_steps == [
                 {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BATCH_REPO_DIR }}"}}
             ]
-            assert not deployment.job_variables  # nothing secret stored with the deployment
+            # Nothing secret stored with the deployment: only the heartbeat the zombie automation needs
+            assert deployment.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_FREQUENCY_S)}}
             if spec.triggers:  # prefect deploy created the deployment's automations, each running it
                 for trigger in spec.triggers:
                     (automation,) = client.read_automations_by_name(trigger["name"])

@@ -1,5 +1,5 @@
 """Database faults that leave the server up: killed idle connections, a connection killed inside
-a transaction, a commit whose acknowledgement is lost. (Server stops: test_zz_outages.py.)
+a transaction, a commit whose acknowledgement is lost. (Server stops: test_outages.py.)
 
 Two tenants x 1,000 accounts run side by side; every test checks I1-I3, I5, 1 platform call
 per item (no fault here touches the platform: "0 items called twice") and I7.
@@ -18,8 +18,8 @@ from sqlalchemy import exc as sa_exc
 import db
 import db.retry
 from flows.account_check import account_check
-from tests.conftest import mysql_admin
-from tests.faults.conftest import FaultEnv, Repeater, kill_connections, run
+from tests.support.faults import FaultEnv, Repeater, kill_connections, run
+from tests.support.services import mysql_admin
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ from batchlib.settings import get_settings
 from db import run_transaction
 from flows.account_check import account_check
 from tasks.batch_steps import Refusal, describe_batch, open_batch
-from tests.faults.conftest import REPO, FaultEnv, run, subprocess_env
+from tests.support.faults import REPO, FaultEnv, run, subprocess_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

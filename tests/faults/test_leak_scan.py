@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from prefect import flow, get_run_logger
 
-from tests.conftest import auth_needles
-from tests.faults.conftest import AllLogs, FaultEnv, drain_prefect_logs, scan_for_tokens
+from tests.support.faults import AllLogs, FaultEnv, drain_prefect_logs, scan_for_tokens
+from tests.support.services import auth_needles
 
 
 def test_the_scan_finds_a_logged_canary_and_prefect_credential(fault_env: FaultEnv, prefect_server,

@@ -16,7 +16,7 @@ from batchlib.platform_client import PlatformClient
 from batchlib.settings import get_settings
 from batchlib.token_store import DbTokenStore
 from flows.account_check import account_check
-from tests.faults.conftest import FaultEnv, at_progress, run
+from tests.support.faults import FaultEnv, at_progress, run
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

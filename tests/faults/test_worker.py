@@ -21,7 +21,7 @@ from batchlib.locks import lease_key
 from db import fail_stale_batches, run_transaction
 from flows.account_check import account_check
 from flows.batch_runner import batch_flow, run_batch_flow
-from tests.faults.conftest import REPO, FaultEnv, run, subprocess_env
+from tests.support.faults import REPO, FaultEnv, run, subprocess_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from prefect.states import Cancelling
 from batchlib.locks import lease_key
 from db import mark_failed_unowned, run_transaction
 from flows.account_check import account_check
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 REPO = Path(__file__).resolve().parents[2]
 

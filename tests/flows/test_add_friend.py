@@ -12,7 +12,7 @@ import pytest
 from batchlib.handlers.add_friend import cap_day
 from batchlib.settings import get_settings
 from flows.add_friend import add_friend
-from tests.flows.conftest import BatchEnv, items_of
+from tests.support.batch_env import BatchEnv, items_of
 
 
 def run(coro):

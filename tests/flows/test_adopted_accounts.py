@@ -21,8 +21,8 @@ import pytest
 from db import upgrade
 from db.engine import make_engine
 from flows.account_check import account_check
-from tests.flows.conftest import BatchEnv, make_batch_env
 from tests.panel_accounts import CODES, PANEL_SETTINGS, panel_database, show_create
+from tests.support.batch_env import BatchEnv, make_batch_env
 
 
 def panel_rows(env: BatchEnv, tenant_id: int) -> dict[str, int]:

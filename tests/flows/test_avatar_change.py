@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flows.avatar_change import avatar_change
-from tests.flows.conftest import BatchEnv, items_of
+from tests.support.batch_env import BatchEnv, items_of
 
 
 def run(coro):

@@ -17,7 +17,7 @@ import pytest
 from flows.account_check import account_check
 from flows.nickname_change import nickname_change
 from flows.stage_items import main as stage_main
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 REPO = Path(__file__).resolve().parents[2]
 N = 10_000

@@ -22,7 +22,7 @@ from batchlib.settings import get_settings
 from deployments.local_server import free_port
 from flows.account_check import account_check
 from tasks.limits import LimitFollower
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 POLL_S = 1.0
 LATENCY_S = 0.2

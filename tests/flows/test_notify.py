@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 
 from batchlib import notify
 from flows.account_check import account_check
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

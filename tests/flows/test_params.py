@@ -12,6 +12,8 @@ from flows.avatar_change import avatar_change
 from flows.nickname_change import nickname_change
 from flows.pin_sync import pin_sync
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("flow", [account_check, nickname_change, avatar_change, add_friend, pin_sync],
                          ids=lambda f: f.name)

@@ -13,7 +13,7 @@ from sqlalchemy import event
 from batchlib.handlers.pin_sync import cid_key
 from flows.pin_sync import pin_sync
 from simulators.kubo import KuboSimulator
-from tests.flows.conftest import BatchEnv, items_of
+from tests.support.batch_env import BatchEnv, items_of
 
 
 def run(coro):

@@ -14,7 +14,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.account_check import account_check
 from flows.nickname_change import nickname_change
-from tests.flows.conftest import BatchEnv, items_of
+from tests.support.batch_env import BatchEnv, items_of
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import (
 
 from flows.account_check import account_check
 from flows.batch_runner import CANCELLED_BY_PANEL
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 
 def run(coro):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from batchlib.outcomes import ItemOutcome
 from tasks.run_ui import _ReturnedFailure, chunk_state, item_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_failed_item_is_a_failed_state_with_its_reason() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 
 from deployments.templates import main
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
 
 
 async def _deployment(name: str):
@@ -49,6 +49,8 @@ def test_templates_are_validated_then_scheduled(batch_env: BatchEnv, tmp_path: P
         (["--name", "x", "--tenant-id", "7", "--items-file", str(foreign)], "template refused: "),
         (["--name", "n7", "--tenant-id", "7", "--items-file", str(good)], "template 'n7' already exists"),
         (["--name", "x", "--tenant-id", "7", "--items-file", str(tmp_path / "none.json")], "cannot read"),
+        (["--name", "x", "--tenant-id", "7", "--items-file", str(good), "--cron", "0 3 * *"],
+         'invalid --cron/--timezone: Invalid cron string: "0 3 * *"'),
     ]:
         capsys.readouterr()
         assert main([*add, *args]) == 2

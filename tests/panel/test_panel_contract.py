@@ -37,7 +37,8 @@ from db.migrate import upgrade
 from deployments.spec import REPO_ROOT
 from flows.dispatcher import dispatch_once
 from simulators.account_platform import PlatformSimulator
-from tests.conftest import (
+from tests.support.deployed import wait_for
+from tests.support.services import (
     MYSQL_HOST,
     MYSQL_PASSWORD,
     MYSQL_PORT,
@@ -45,7 +46,6 @@ from tests.conftest import (
     REDIS_URL,
     mysql_admin,
 )
-from tests.deployments.conftest import wait_for
 
 # -- the panel's statements, exactly as docs/database.md gives them (PDO placeholders) ----------
 

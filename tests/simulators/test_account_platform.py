@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from simulators.account_platform import Knobs, PlatformSimulator, make_token
-from tests.conftest import settle
+from tests.support.services import settle
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import pytest
 
 import tasks  # noqa: F401  (installs the mask, as every flow run does)
 
+pytestmark = pytest.mark.unit
+
 SECRET = "batch:s3cret-Pa55"
 
 

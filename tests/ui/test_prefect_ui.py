@@ -24,7 +24,7 @@ from batchlib.seeding import import_accounts
 from db import make_engine, upgrade
 from deployments.spec import REPO_ROOT
 from simulators.account_platform import PlatformSimulator
-from tests.conftest import REDIS_URL
+from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -3,7 +3,8 @@ locks past innodb_lock_wait_timeout, Redis restarted mid-batch and down at the s
 
 These stop servers, so they use private instances on free ports (a throwaway mariadbd with its
 own datadir, a redis-server without persistence): the shared servers other tests use never go
-down. Every stop is undone in a ``finally``. The module runs last (its name sorts last).
+down. Every stop is undone in a ``finally``. The module runs in any order: its servers are its
+own, every setting is a monkeypatch, and its engines are disposed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from db import fail_stale_batches, run_transaction
 from flows.account_check import account_check
-from tests.faults.conftest import FaultEnv, PrivateMariaDB, PrivateRedis, _fault_env, at_progress, run
+from tests.support.faults import FaultEnv, PrivateMariaDB, PrivateRedis, at_progress, make_fault_env, run
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -29,7 +30,7 @@ def outage_env(prefect_api, private_mariadb: PrivateMariaDB, redis_url: str, red
     """Like fault_env, on the private MariaDB (which the test may stop); always up again after."""
     url = private_mariadb.new_database()
     try:
-        yield from _fault_env(monkeypatch, canary, url, redis_url, redis_prefix)
+        yield from make_fault_env(monkeypatch, canary, url, redis_url, redis_prefix)
     finally:
         private_mariadb.ensure_up()
 
