@@ -117,7 +117,7 @@ def _pss(pid: int) -> int:
     return 0
 
 
-WARM_LOGS = f"{tempfile.gettempdir()}/batch-warm-engine-{os.getuid()}-*.sock.log"
+WARM_LOGS = f"{tempfile.gettempdir()}/batch-warm-engine-{os.getuid()}/*.sock.log"
 
 
 def _warm_children() -> dict[int, int]:

@@ -301,6 +301,7 @@ def _child(request: dict, fds: list[int]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the warm process's handler is not the engine's
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
