@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     # (created on first use; operators change them in the UI). A running batch re-reads its limit:
     limit_poll_s: float = Field(3.0, gt=0)
     limit_api_timeout_s: float = Field(5.0, gt=0)  # past this, a read counts as "API unreachable"
+    # Limits shared by batches in many processes (docs/concurrency.md), slots leased in blocks in Redis:
+    # a tenant's total over all its types (the default of the Prefect limit batch:<tenant>; none: no
+    # total unless an operator creates that limit), e.g. {"7": 80}
+    tenant_max_in_flight: dict[int, int] = Field(default_factory=dict)
+    # calls in flight to the platform from all tenants and workers (the default of batch:platform;
+    # None: no cap unless an operator creates that limit), shared evenly by the active tenants
+    platform_max_in_flight: int | None = Field(None, ge=1)
+    platform_fallback_in_flight: int | None = Field(None, ge=1)  # per batch while Redis is down; None: the cap
+    share_heartbeat_s: float = Field(1.0, gt=0)  # how often a batch renews its blocks (and reports its calls in flight)
+    share_lease_s: float = Field(30.0, gt=0)  # a dead (or stalled) process's blocks come back after this
 
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks

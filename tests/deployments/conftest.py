@@ -37,7 +37,7 @@ from tests.support.deployed import (
 from tests.support.services import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, REDIS_URL, mysql_admin
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_mysql_url() -> Iterator[str]:
     name = f"e2e_{uuid.uuid4().hex[:10]}"
     admin = mysql_admin()
@@ -51,7 +51,10 @@ def e2e_mysql_url() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope: the workers and their maintenance run stop when tests/deployments ends, so they
+# neither load the rest of the suite nor dispatch onto deployments that later tests serve on the
+# same server (the browser test's served account-check).
+@pytest.fixture(scope="package")
 def deployed(prefect_server, e2e_mysql_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     started = time.monotonic()
     tmp = tmp_path_factory.mktemp("e2e")

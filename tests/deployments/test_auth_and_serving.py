@@ -203,7 +203,7 @@ def test_the_credential_is_in_no_log_parameter_or_dump(system: Deployed, prefect
         logs = []
         while len(logs) < 50_000 and (page := client.read_logs(LogFilter(), limit=200, offset=len(logs))):
             logs += page
-    assert deployments and flow_runs and len(logs) > 50  # there is something to search
+    assert deployments and flow_runs and len(logs) > 20  # there is something to search
     sources = {
         "deployments": json.dumps([[d.parameters, d.job_variables, d.pull_steps] for d in deployments], default=str),
         "flow runs": json.dumps([[r.parameters, r.job_variables, r.state and r.state.message] for r in flow_runs],

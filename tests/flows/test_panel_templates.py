@@ -25,8 +25,8 @@ from flows.account_check import account_check
 from flows.dispatcher import dispatch_once
 from flows.maintenance import maintenance
 from tasks.templates_sync import sync_templates_once
-from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
-from tests.flows.conftest import BatchEnv
+from tests.support.batch_env import BatchEnv
+from tests.support.services import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
 
 # -- the panel's statements, exactly as docs/database.md gives them ---------------------------
 

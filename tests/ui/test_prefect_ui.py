@@ -136,9 +136,11 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
             page.locator("input[type=number]").first.fill(str(TENANT))
             page.keyboard.press("Tab")
             page.screenshot(path=shots / "2-run-form-filled.png", full_page=True)
+            earlier = _flow_runs_of(server, deployment_id)  # the session's other tests may have run it
             page.get_by_role("button", name="Submit").click()
 
-            flow_run_id = _wait(lambda: _flow_run_of(server, deployment_id), 30, "the flow run")
+            flow_run_id = _wait(lambda: next(iter(_flow_runs_of(server, deployment_id) - earlier), None), 30,
+                                "the flow run")
             final = _wait(lambda: _final_state(server, flow_run_id), 120, "the batch to finish")
             assert final.is_completed(), final.message
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
@@ -163,13 +165,13 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
     assert time.monotonic() - started < 180
 
 
-def _flow_run_of(server, deployment_id: str):
+def _flow_runs_of(server, deployment_id: str) -> set[str]:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-    return str(runs[0].id) if runs else None
+    return {str(r.id) for r in runs}
 
 
 def _final_state(server, flow_run_id: str):
