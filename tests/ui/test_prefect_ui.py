@@ -22,6 +22,7 @@ import pytest
 
 from batchlib.seeding import import_accounts
 from db import make_engine, upgrade
+from deployments.local_server import PrefectServer
 from deployments.spec import REPO_ROOT
 from simulators.account_platform import PlatformSimulator
 from tests.support.services import REDIS_URL
@@ -47,12 +48,15 @@ def _wait(check, timeout: float, what: str):
 
 
 @pytest.fixture
-def served(prefect_server, mysql_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[dict]:
-    """account-check served (``deployments.serve``) against MariaDB and a simulator where some accounts fail."""
+def served(mysql_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[dict]:
+    """account-check served (``deployments.serve``) against MariaDB and a simulator where some accounts fail.
+
+    On a Prefect server of its own: the session's server holds the same deployment names, deployed
+    by other tests with a work pool and pull steps, and serving over them mixes the two."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} missing (apt-get install chromium; .ci/run installs it)")
     upgrade(mysql_url)
-    with PlatformSimulator(latency_ms=20) as sim:
+    with PrefectServer() as prefect_server, PlatformSimulator(latency_ms=20) as sim:
         sim.seed({TENANT: ACCOUNTS}, seed=4)
         sim.configure(fail_uids=[f"u{TENANT}-{n:06d}" for n in FAILING])
         engine = make_engine(mysql_url)
