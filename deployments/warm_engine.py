@@ -310,7 +310,7 @@ def _child(request: dict, fds: list[int]) -> None:
         import prefect.context
 
         prefect.context.refresh_global_settings_context()
-        from batchlib.settings import get_settings
+        from batchcore.settings import get_settings
 
         get_settings.cache_clear()
         import runpy
