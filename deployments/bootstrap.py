@@ -54,7 +54,7 @@ HEARTBEAT_FREQUENCY_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of every run (pr
 # the UI. The resume bound does not depend on it: the reaper's own 60 s heartbeat window and the
 # stand-in automation below act first.
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_FREQUENCY_S
-# The stand-in waits 1.5 heartbeats: a false alarm only costs a stand-in that ends 15 s later.
+# The stand-in waits 1.5 heartbeats: a false alarm only costs a stand-in that ends ~75 s later.
 STAND_IN_AFTER_S = 45
 MAINTENANCE = "maintenance/maintenance"
 FIRST_RUN_AFTER_S = 20

@@ -22,8 +22,9 @@ A run whose worker dies is replaced through Prefect: the bootstrap's automation 
 lost maintenance run" starts a *stand-in* run (``stand_in=True``) when a maintenance run stops
 heartbeating (the zombie automation crashes the lost run at the same moment; prefect.yaml's
 trigger also starts one when a maintenance run is reported Crashed). A stand-in reaps at
-once and ends within ``reap_every_s`` when a scheduled run or an older stand-in is running;
-otherwise it takes over until its deadline. A run that starts after its deadline (runs that
+once; after ``stand_in_wait_s`` (75 s: by then the zombie automation has crashed the lost run)
+it ends when a scheduled run or an older stand-in is running, otherwise it takes over until its
+deadline. A run that starts after its deadline (runs that
 piled up while no worker was up) does one pass and ends.
 """
 
@@ -55,6 +56,7 @@ def maintenance(
     limit: int = 100,
     redispatch_after_s: int = 120,
     templates_every_s: float = 20.0,
+    stand_in_wait_s: float = 75.0,
 ) -> dict:
     """Dispatch every ``poll_s`` and reap every ``reap_every_s`` until ``run_for_s`` after the scheduled start."""
     log = get_run_logger()
@@ -62,9 +64,12 @@ def maintenance(
     totals: Counter = Counter()
     next_reap = next_templates = time.monotonic()
     templates_full = True  # the first sync of a run looks at every template
-    # A stand-in first reaps, then checks every reap_every_s whether it is still needed: its
-    # start races the zombie automation, which may not have crashed the lost run yet.
-    duty_check = time.monotonic() + reap_every_s
+    # A stand-in first reaps, and only after stand_in_wait_s starts checking (every
+    # reap_every_s) whether another run is on duty. The run it replaces stays RUNNING on the
+    # server until the zombie automation crashes it, 90 s after its last heartbeat, while the
+    # stand-in is started after 45 s: checking earlier, a stand-in saw the dead run "on duty",
+    # ended, and nothing reaped until the next scheduled run (up to 15 minutes later).
+    duty_check = time.monotonic() + max(stand_in_wait_s, reap_every_s)
     while True:
         if stand_in and time.monotonic() >= duty_check:
             duty_check = time.monotonic() + reap_every_s
