@@ -180,7 +180,9 @@ def test_six_tenants_on_two_workers_survive_a_sigkilled_worker(system: Deployed)
         if b in killed_batches:
             assert row["error_message"].startswith("auto-resume 1/3 after: "), row  # no heartbeat, or crashed
             assert not done_before[b] & set(twice), "an item recorded before the kill was called again"
-            assert len(twice) <= limit + per_flush, (len(twice), limit, per_flush)  # in flight + one flush
+            # In flight at the kill, plus the outcomes not yet written: an outcome that arrives just after
+            # a flush began waits for the next one, so up to two flush intervals' worth.
+            assert len(twice) <= limit + 2 * per_flush, (len(twice), limit, per_flush)
             twice_total += len(twice)
             with system.client() as client:
                 run = client.read_flow_run(_run_row(system, b)["flow_run_id"])
