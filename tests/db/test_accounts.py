@@ -78,6 +78,7 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
     import threading
 
     import db as db_module
+    from batchlib import token_store
     from batchlib.platform_client import Credentials
     from batchlib.token_store import DbTokenStore
 
@@ -92,7 +93,7 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
         saved.wait(10)
         return found
 
-    monkeypatch.setattr(db_module, "load_credentials_many", slow_read)
+    monkeypatch.setattr(token_store, "load_credentials_many", slow_read)  # the name the store calls
 
     async def race():
         page = asyncio.create_task(asyncio.to_thread(store.preload, [1]))
@@ -103,6 +104,7 @@ def test_token_store_cache_never_goes_back_to_older_tokens(mysql_engine: Engine,
         return refreshed, await store.load(1)
 
     refreshed, cached = asyncio.run(race())
+    assert read_done.is_set()  # the staged page read took place (a patch that missed would pass vacuously)
     assert refreshed.access_token == "at-new"
     assert cached == refreshed  # before the fix: the late page read put version 0 back
 

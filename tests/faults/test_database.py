@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 import db
 import db.retry
+from batchlib import mirror_writer
 from flows.account_check import account_check
 from tests.support.faults import FaultEnv, Repeater, kill_connections, run
 from tests.support.services import mysql_admin
@@ -111,7 +112,7 @@ def test_commit_acknowledgement_lost(fault_env: FaultEnv, leak_check, monkeypatc
             "COMMIT", {}, pymysql.err.OperationalError(2013, "Lost connection to server during query")
         )
 
-    monkeypatch.setattr(db, "record_outcomes", record)
+    monkeypatch.setattr(mirror_writer, "record_outcomes", record)  # the name the mirror writer calls
     monkeypatch.setattr(db.retry, "after_commit", lose_ack)
 
     states = run(both_tenants())
