@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -29,3 +30,18 @@ def kubo(batch_env: BatchEnv, configure) -> Iterator[KuboSimulator]:
     with KuboSimulator(pins=100, seed=1) as sim:
         configure(kubo_url=sim.url)
         yield sim
+
+
+@pytest.fixture
+def unit_deployment(batch_env) -> dict[str, str]:
+    """account-check deployed under a unique name on a pool no worker polls."""
+    import asyncio
+
+    from deployments.bootstrap import ensure_work_pool
+    from flows.account_check import account_check
+
+    suffix = uuid.uuid4().hex[:8]
+    pool = f"unit-pool-{suffix}"
+    asyncio.run(ensure_work_pool(pool))
+    account_check.to_deployment(name=f"unit-{suffix}", work_pool_name=pool).apply()
+    return {"account_check": f"account-check/unit-{suffix}"}

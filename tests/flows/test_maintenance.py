@@ -65,21 +65,6 @@ def test_every_batch_type_has_a_deployment() -> None:
 # -- dispatcher ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def unit_deployment(batch_env) -> dict[str, str]:
-    """account-check deployed under a unique name on a pool no worker polls."""
-    import asyncio
-
-    from deployments.bootstrap import ensure_work_pool
-    from flows.account_check import account_check
-
-    suffix = uuid.uuid4().hex[:8]
-    pool = f"unit-pool-{suffix}"
-    asyncio.run(ensure_work_pool(pool))
-    account_check.to_deployment(name=f"unit-{suffix}", work_pool_name=pool).apply()
-    return {"account_check": f"account-check/unit-{suffix}"}
-
-
 @flow(name="dispatch-pass")
 def _dispatch_pass(deployments: dict[str, str], redispatch_after_s: int = 120) -> dict:
     return dict(dispatch_once(redispatch_after_s=redispatch_after_s, deployments=deployments))

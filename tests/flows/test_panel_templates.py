@@ -227,18 +227,6 @@ def test_panel_templates_become_schedules_and_follow_the_rows(
     assert _sync_pass(full=True) == {}  # removed rows are not read again
 
 
-@pytest.fixture
-def unit_deployment(batch_env: BatchEnv) -> dict[str, str]:
-    """account-check deployed under a unique name on a pool no worker polls."""
-    from deployments.bootstrap import ensure_work_pool
-
-    suffix = uuid.uuid4().hex[:8]
-    pool = f"unit-pool-{suffix}"
-    asyncio.run(ensure_work_pool(pool))
-    account_check.to_deployment(name=f"unit-{suffix}", work_pool_name=pool).apply()
-    return {"account_check": f"account-check/unit-{suffix}"}
-
-
 @flow(name="dispatch-pass")
 def _dispatch_pass(deployments: dict[str, str]) -> dict:
     return dict(dispatch_once(deployments=deployments))
