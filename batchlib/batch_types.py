@@ -15,6 +15,11 @@ A batch type is data, not a class hierarchy:
   ``InvalidInput`` with a message a user can act on, and writes nothing;
 - ``handle(ctx, item_id, item_data)`` does the work for one item and returns an
   ``ItemOutcome`` (token-free); platform errors become failed outcomes;
+- ``item_query(session, tenant_id, task_data, settings)`` (optional) is ``parse`` for a request
+  whose items are a set the database can select itself (an account check of a whole tenant):
+  it validates the same way and returns that ``SELECT`` of item ids (None: the request lists its
+  items, use ``parse``); the run then writes the detail rows with one ``INSERT ... SELECT``
+  instead of reading the ids and shipping them back;
 - ``collect(settings, tenant_id, task_data)`` (optional, async) discovers the items from an
   outside service before the batch opens (pin_sync lists the node's pins); ``parse`` then
   only validates ``task_data`` and its returned items are replaced by the collected ones;
@@ -43,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from batchcore.errors import UnknownBatchType
@@ -68,6 +74,7 @@ class BatchScope:
 Apply = Callable[[Session, Sequence[ItemOutcome], int, BatchScope], None]
 Collect = Callable[[Settings, int, Mapping[str, Any]], Awaitable[list[Item]]]
 Prepare = Callable[[Session, ItemContext], Any]
+ItemQuery = Callable[[Session, int, Mapping[str, Any], Settings], "Select[tuple[int]] | None"]
 OnClose = Callable[[Session, BatchScope, str, int], str | None]  # (session, scope, final status, now)
 
 
@@ -83,6 +90,7 @@ class BatchType:
     uses_kubo: bool = False
     prepare: Prepare | None = None
     on_close: OnClose | None = None
+    item_query: ItemQuery | None = None
     inputs: Mapping[str, type] = field(default_factory=dict)
     staged_as: str | None = None
     item_keys: tuple[str, ...] = ("account_id",)

@@ -23,9 +23,11 @@ import csv
 import io
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from batchcore.errors import InvalidInput, InvalidItems
@@ -43,7 +45,7 @@ from batchlib.validation import check_admin_id, check_task_name
 
 __all__ = [
     "SUMMARY_KEYS", "RETRY_KEYS", "check_task_data", "decode_task_data", "task_data_problem",
-    "read_items_file", "items_from_file", "summary", "fits_column", "staged_request", "unstaged_request", "validate_request",
+    "read_items_file", "items_from_file", "summary", "fits_column", "staged_request", "unstaged_request", "validate_request", "request_items",
 ]
 
 # Keys a task_data may hold besides its type's inputs: the summary of items staged as detail
@@ -234,13 +236,27 @@ def validate_request(
     *,
     task_name: Any = None,
     create_admin_id: Any = 0,
-) -> list[Item]:
-    """Everything a new batch is checked for, read-only; its items. The run does this before it
-    writes anything, and the command lines before they create a flow run (one-line refusals)."""
+) -> list[Item] | Select[tuple[int]]:
+    """Everything a new batch is checked for, read-only; its items (``request_items``). The run
+    does this before it writes anything, and the command lines before they create a flow run
+    (one-line refusals)."""
     check_task_data(task_data, batch_type)
     check_task_name(task_name)
     check_admin_id(create_admin_id)
-    return batch_type.parse(session, tenant_id, unstaged_request(task_data), settings)
+    return request_items(session, batch_type, tenant_id, unstaged_request(task_data), settings)
+
+
+def request_items(
+    session: Session, batch_type: BatchType, tenant_id: Any, request: Mapping[str, Any], settings: Settings
+) -> list[Item] | Select[tuple[int]]:
+    """The items of a request: the type's ``item_query`` when it has one for this request (a
+    SELECT of item ids that selects at least one row; ``[]`` when it selects none), else the
+    list ``parse`` returns. Both validate the request the same way."""
+    if batch_type.item_query is not None:
+        query = batch_type.item_query(session, tenant_id, request, settings)
+        if query is not None:
+            return query if session.execute(query.limit(1)).first() is not None else []
+    return batch_type.parse(session, tenant_id, request, settings)
 
 
 def unstaged_request(task_data: dict[str, Any] | None) -> dict[str, Any]:

@@ -5,7 +5,8 @@
 
 ``flow``: a full account-check batch (Prefect flow, real mirror) through the runner.
 ``baseline``: plain asyncio + the same PlatformClient against the same simulator; no
-Prefect, no mirror, tokens in memory. Both report wall time, process CPU and peak RSS.
+Prefect, no mirror, tokens in memory. Both report wall time, process CPU, peak RSS and the
+fixed cost: wall time before the first item starts plus after the last one ends.
 """
 
 from __future__ import annotations
@@ -45,18 +46,45 @@ def _count_round_trips(engine) -> dict[str, int]:
     return counts
 
 
+class _Span:
+    """When the first item started and the last one ended (perf_counter): wall time outside
+    that span is the batch's fixed cost (set-up before the first item, closing after the last)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last: float | None = None
+
+    async def around(self, call):
+        if self.first is None:
+            self.first = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.last = time.perf_counter()
+
+    def fixed_s(self, started: float, ended: float) -> float | None:
+        if self.first is None or self.last is None:
+            return None
+        return (self.first - started) + (ended - self.last)
+
+
 def run_flow(tenant_id: int) -> dict[str, Any]:
     from db import get_engine
     from flows.account_check import account_check
+    from flows.batch_runner import BatchRun
 
     counts = _count_round_trips(get_engine())
+    span, process = _Span(), BatchRun.process
+    BatchRun.process = lambda run, item_id, item_data: span.around(process(run, item_id, item_data))
     cpu0, _ = _usage()
     started = time.perf_counter()
     state = asyncio.run(account_check(tenant_id=tenant_id, return_state=True))
-    wall = time.perf_counter() - started
+    ended = time.perf_counter()
     cpu1, rss = _usage()
     summary = state.result() if state.is_completed() else {"status": state.type.value, "message": state.message}
-    return {"kind": "flow", "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss, "summary": summary, "db": counts}
+    return {"kind": "flow", "wall_s": ended - started, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss,
+            "summary": summary, "db": counts, "fixed_s": span.fixed_s(started, ended),
+            "first_item_s": span.first - started if span.first else None}
 
 
 def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
@@ -71,6 +99,8 @@ def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
     for n, account in enumerate(accounts):
         store.put(n, account["access_token"], account["refresh_token"])
 
+    span = _Span()
+
     async def main() -> dict[str, int]:
         limit = asyncio.Semaphore(concurrency)
         ok = failed = 0
@@ -80,7 +110,7 @@ def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
                 nonlocal ok, failed
                 async with limit:
                     try:
-                        await client.get_me(n)
+                        await span.around(client.get_me(n))
                         ok += 1
                     except Exception:
                         failed += 1
@@ -91,9 +121,11 @@ def run_baseline(tenant_id: int, concurrency: int) -> dict[str, Any]:
     cpu0, _ = _usage()
     started = time.perf_counter()
     result = asyncio.run(main())
-    wall = time.perf_counter() - started
+    ended = time.perf_counter()
     cpu1, rss = _usage()
-    return {"kind": "baseline", "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss, "summary": result}
+    return {"kind": "baseline", "wall_s": ended - started, "cpu_s": cpu1 - cpu0, "peak_rss_mib": rss,
+            "summary": result, "fixed_s": span.fixed_s(started, ended),
+            "first_item_s": span.first - started if span.first else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import Select, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from batchcore.errors import InvalidItems
@@ -20,7 +20,7 @@ from db._util import chunks, now_or
 from db.account_table import AccountTable, accounts_table
 
 __all__ = [
-    "StoredTokens", "tenant_exists", "active_account_ids", "foreign_ids", "load_credentials",
+    "StoredTokens", "tenant_exists", "active_accounts_query", "active_account_ids", "foreign_ids", "load_credentials",
     "load_credentials_many", "save_credentials", "record_checks", "update_profile", "set_profiles", "upsert_accounts",
     "tenants_with_accounts", "import_accounts", "IMPORT_FIELDS",
 ]
@@ -47,18 +47,21 @@ def tenant_exists(session: Session, tenant_id: int) -> bool:
     return session.execute(select(T.c.id).where(T.c.tenant_id == tenant_id, a.live()).limit(1)).first() is not None
 
 
-def active_account_ids(session: Session, tenant_id: int) -> list[int]:
-    """Ids of the tenant's usable accounts (not banned, not disabled, not deleted)."""
+def active_accounts_query(tenant_id: int) -> Select[tuple[int]]:
+    """``SELECT id`` of the tenant's usable accounts (not banned, not disabled, not deleted):
+    what ``active_account_ids`` reads, and what a batch's detail rows can be inserted from
+    (``db.mirror.add_details_from``) without the ids leaving the database."""
     a = _accounts()
     T = a.table
     inactive = a.stored_any(st.ACCOUNT_INACTIVE)
     usable = T.c.status.is_(None) | T.c.status.not_in(inactive) if inactive else T.c.id.is_not(None)
-    return [
-        int(i)
-        for i in session.execute(
-            select(T.c.id).where(T.c.tenant_id == tenant_id, a.live(), usable).order_by(T.c.id)
-        ).scalars()
-    ]
+    return select(T.c.id).where(T.c.tenant_id == tenant_id, a.live(), usable)
+
+
+def active_account_ids(session: Session, tenant_id: int) -> list[int]:
+    """Ids of the tenant's usable accounts (not banned, not disabled, not deleted)."""
+    query = active_accounts_query(tenant_id)
+    return [int(i) for i in session.execute(query.order_by(query.selected_columns[0])).scalars()]
 
 
 def foreign_ids(session: Session, tenant_id: int, ids: Iterable[int]) -> list[int]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ from db.models import BatchTask
 __all__ = [
     "Claim", "Counts", "Moved",
     "create_batch", "claim_batch", "check_fence", "heartbeat",
-    "add_details", "set_total", "pending_items", "record_outcomes", "finish_batch",
+    "add_details", "add_details_from", "set_total", "pending_items", "record_outcomes", "finish_batch",
     "recount", "counters", "get_batch", "find_active", "holds_key", "is_active_guard_violation", "AUTO_RESUME_NOTE",
     "stage_details", "staged_details",
 ]
@@ -328,6 +328,21 @@ def add_details(
     return _insert_details(session, batch_id, items, now)
 
 
+def add_details_from(session: Session, batch_id: int, fence: int, ids: Select, now: int | None = None) -> int:
+    """Insert a pending detail row (no item_data) for every item id ``ids`` selects, in one
+    ``INSERT ... SELECT``: the ids never leave the database (a whole-tenant check of 10,000
+    accounts costs one statement instead of 10,000 shipped rows). Ids already there are
+    skipped; returns how many were inserted."""
+    now = now_or(now)
+    check_fence(session, batch_id, fence, now)
+    source = ids.subquery()
+    rows = select(
+        literal(batch_id), source.c[0], literal(st.DETAIL_PENDING), literal(now), literal(now),
+    )
+    columns = ["task_id", "item_id", "status", "create_time", "update_time"]
+    return int(session.execute(insert_ignore(DETAIL).from_select(columns, rows)).rowcount)
+
+
 def stage_details(
     session: Session, batch_id: int, items: Sequence[tuple[int, dict[str, Any] | None]], now: int | None = None
 ) -> int:
@@ -396,6 +411,47 @@ def pending_items(
     return [(int(item_id), loads(data)) for item_id, data in rows]
 
 
+def _move_pending(session: Session, batch_id: int, status: str, part: Sequence[ItemOutcome], now: int) -> int:
+    """One guarded UPDATE of up to 500 pending rows to ``status``, with each row's result and
+    error (a CASE on item_id); returns the rows it moved.
+
+    Written as the driver's SQL when its placeholders are known: SQLAlchemy builds two bound
+    literals, each with a cache key, per row of a CASE, which cost ~0.03 ms of CPU per item, a
+    third of a flush (docs/benchmarks.md). The statement is the same as the SQLAlchemy one below.
+    """
+    results = {o.item_id: dumps(o.result) for o in part}
+    errors = {o.item_id: truncate_error(o.error) for o in part}
+    connection = session.connection()
+    dialect = connection.dialect
+    mark = {"format": "%s", "pyformat": "%s", "qmark": "?"}.get(dialect.paramstyle)
+    if mark is None:
+        stmt = (
+            update(DETAIL)
+            .where(DETAIL.c.task_id == batch_id, DETAIL.c.status == st.DETAIL_PENDING, DETAIL.c.item_id.in_(list(results)))
+            .values(status=status, result=_case(results), error_message=_case(errors), process_time=now, update_time=now)
+        )
+        return int(session.execute(stmt).rowcount)
+    quote = dialect.identifier_preparer.quote
+    item_id = quote(DETAIL.c.item_id.name)
+    params: list[Any] = [status]
+    sets = [f"{quote(DETAIL.c.status.name)} = {mark}"]
+    for column, values in ((DETAIL.c.result, results), (DETAIL.c.error_message, errors)):
+        whens = [(i, v) for i, v in values.items() if v is not None]
+        if whens:
+            sets.append(f"{quote(column.name)} = CASE {item_id}{f' WHEN {mark} THEN {mark}' * len(whens)} ELSE NULL END")
+            params.extend(x for pair in whens for x in pair)
+        else:
+            sets.append(f"{quote(column.name)} = NULL")
+    sets += [f"{quote(DETAIL.c.process_time.name)} = {mark}", f"{quote(DETAIL.c.update_time.name)} = {mark}"]
+    params += [now, now, batch_id, st.DETAIL_PENDING, *results]
+    sql = (
+        f"UPDATE {dialect.identifier_preparer.format_table(DETAIL)} SET {', '.join(sets)}"
+        f" WHERE {quote(DETAIL.c.task_id.name)} = {mark} AND {quote(DETAIL.c.status.name)} = {mark}"
+        f" AND {item_id} IN ({', '.join([mark] * len(results))})"
+    )
+    return int(connection.exec_driver_sql(sql, tuple(params)).rowcount)
+
+
 def _case(values: dict[int, str | None]) -> Any:
     whens = {item_id: v for item_id, v in values.items() if v is not None}
     if not whens:
@@ -421,22 +477,7 @@ def record_outcomes(
     for status in st.DETAIL_FINAL:
         group = [o for o in latest.values() if o.status == status]
         for part in chunks(group):
-            stmt = (
-                update(DETAIL)
-                .where(
-                    DETAIL.c.task_id == batch_id,
-                    DETAIL.c.status == st.DETAIL_PENDING,
-                    DETAIL.c.item_id.in_([o.item_id for o in part]),
-                )
-                .values(
-                    status=status,
-                    result=_case({o.item_id: dumps(o.result) for o in part}),
-                    error_message=_case({o.item_id: truncate_error(o.error) for o in part}),
-                    process_time=now,
-                    update_time=now,
-                )
-            )
-            moved[status] += int(session.execute(stmt).rowcount)
+            moved[status] += _move_pending(session, batch_id, status, part, now)
     result = Moved(**moved)
     if result.total:
         session.execute(

@@ -45,6 +45,7 @@ from batchcore.errors import (
 from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings, get_settings
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
+from batchlib.gc_tuning import quiet_gc
 from batchlib.item_context import ItemContext
 from batchlib.kubo_client import KuboClient
 from batchlib.limiter import ResizableLimiter
@@ -71,7 +72,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PAGE = 5000
+PAGE = 5000  # pending items read at once (with their credentials); the first page is smaller
+FIRST_PAGE = 500
 CANCELLED_BY_PANEL = "cancelled by the admin panel (la_batch_task.task_status set to cancelled / row deleted)"
 CANCELLED_FROM_PREFECT = "cancelled from Prefect (UI, CLI or API): the flow run is cancelling"
 
@@ -223,7 +225,14 @@ class BatchRun:
 
     async def execute(self) -> BatchSummary:
         retry_of = self.describe()
-        await tag_run(self.flow_run_id, self.tenant_id, self.batch_type.name)
+        # The run's tags go on while the batch opens (one Prefect API round trip less before the first item).
+        tagging = asyncio.create_task(tag_run(self.flow_run_id, self.tenant_id, self.batch_type.name))
+        try:
+            return await self._execute(retry_of)
+        finally:
+            await tagging
+
+    async def _execute(self, retry_of: int | None) -> BatchSummary:
         self.lease = lease_for(self.settings, self.tenant_id, self.batch_type.name)
         with self.lease:
             opened = self.opened = await self.open(retry_of)
@@ -283,8 +292,9 @@ class BatchRun:
                 collected = await batch_type.collect(self.settings, self.tenant_id, self.task_data or {})
             except ServiceError as exc:  # the outside service failed: a failed batch, resumable
                 collect_error = f"could not collect the items: {exc.reason}"
-        return open_batch(
-            batch_type.name, self.tenant_id, self.task_data,
+        # In a worker thread: the loop meanwhile tags the run (see ``execute``).
+        return await asyncio.to_thread(
+            open_batch, batch_type.name, self.tenant_id, self.task_data,
             task_name=request.task_name or f"{batch_type.title} (tenant {self.tenant_id})",
             create_admin_id=request.create_admin_id, batch_id=request.batch_id, flow_run_id=self.flow_run_id,
             takeover=request.takeover, collected=collected, collect_error=collect_error, source=self.source,
@@ -297,12 +307,24 @@ class BatchRun:
         """
         opened, settings = self.opened, self.settings
         scope = BatchScope(opened.batch_id, self.tenant_id)
-        mirror = self.mirror = MirrorWriter(
+        self.mirror = MirrorWriter(
             self.engine, scope, opened.fence, apply=self.batch_type.apply, on_stop=self._mirror_stop,
             interval=settings.flush_interval_s, max_items=settings.flush_max_items,
             heartbeat_s=settings.heartbeat_interval_s,
         )
         token_store = DbTokenStore(self.engine)
+        # The first page (small: it is all that stands before the first item) and its credentials
+        # are read in a worker thread while the handler's state, the clients and the limit are set up.
+        first = asyncio.create_task(self._page(token_store, 0, FIRST_PAGE))
+        try:
+            return await self._process(artifacts, mode, token_store, first)
+        finally:
+            await _cancelled(first)  # only when something failed before the feed took it
+
+    async def _process(
+        self, artifacts: BatchArtifacts, mode: str, token_store: DbTokenStore, first: asyncio.Task
+    ) -> tuple[str, str | None, FlushStats]:
+        opened, settings, mirror = self.opened, self.settings, self.mirror
         state = None
         if self.batch_type.prepare is not None:  # per-run state for the handler, read in one transaction
             bare = ItemContext(self.tenant_id, opened.batch_id, self.batch_type.name, settings, self.engine)
@@ -317,10 +339,11 @@ class BatchRun:
                 self.tenant_id, opened.batch_id, self.batch_type.name, settings, self.engine, platform, kubo, state
             )
             limits = LimitFollower(self.tenant_id, self.batch_type.name, settings, self.log)
-            limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
             self.limit = limits.limiter
+            # The key's Prefect limit (or the configured default), then polled; meanwhile the mirror
+            # looks for a cancel that came between the claim and now (then nothing starts).
+            limit, _ = await asyncio.gather(limits.start(), mirror.check())
             current = RUN.set(self)  # the item tasks started from here on (copies of this context) find this run
-            await mirror.check()  # a cancel that came between the claim and now: start nothing
             flusher = asyncio.create_task(mirror.run())
             watcher = asyncio.create_task(self.watch())
             shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
@@ -329,7 +352,8 @@ class BatchRun:
                 opened.batch_id, opened.pending, opened.total, mode, limit,
             )
             try:
-                await self.feed(token_store)
+                with quiet_gc():  # no stop-the-world collection of Prefect's heap while items run
+                    await self.feed(token_store, first)
             finally:
                 watcher.cancel()
                 await mirror.close(self.outage)
@@ -405,43 +429,31 @@ class BatchRun:
     def _chunked(self) -> bool:
         return self.opened.pending > self.settings.chunk_threshold
 
-    async def feed(self, token_store: DbTokenStore) -> None:
-        """Page through pending items and hand them to task runs, never more than the limit at once."""
-        settings, batch_id = self.settings, self.opened.batch_id
+    async def feed(self, token_store: DbTokenStore, first: asyncio.Task) -> None:
+        """Hand pending items to task runs page by page, never more than the limit at once.
+
+        ``first`` reads the first page; each page's successor is read (with its credentials)
+        while the page runs, and a page's credentials are dropped once its last job is done.
+        """
+        settings = self.settings
         in_flight: set[asyncio.Task] = set()
         # Enough chunks in flight to keep every slot of the limit busy, and no more (the limit may
         # change while the batch runs: the chunk slots follow it).
         chunk_slots = ResizableLimiter(1)
-        after, older_pages = 0, []  # credentials cached for the pages still possibly in flight
-        outage_stop = f"database unavailable for {settings.db_outage_budget_s:g}s"
+        reading: asyncio.Task | None = first
+        size = FIRST_PAGE
         try:
-            while not self.stopped:
+            while not self.stopped and reading is not None:
                 try:
-                    page = await self.outage.wait_out(
-                        batch_id, "reading pending items",
-                        lambda: run_transaction(self.engine, lambda s: pending_items(s, batch_id, after, PAGE)),
-                        blocking=True,
-                    )
+                    page = await reading
                 except DatabaseUnavailable:
-                    self.stop(outage_stop)
+                    self.stop(f"database unavailable for {settings.db_outage_budget_s:g}s")
                     break
-                if not page:
-                    break
-                after = page[-1][0]
-                if self.batch_type.uses_platform:
-                    # In flight is at most one page's tail (the limit << PAGE), so the page before the
-                    # previous one is done: drop its credentials to keep memory bounded.
-                    if len(older_pages) == 2:
-                        token_store.forget(older_pages.pop(0))
-                    older_pages.append([i for i, _ in page])
-                    ids = older_pages[-1]
-                    try:
-                        await self.outage.wait_out(
-                            batch_id, "loading credentials", lambda: token_store.preload(ids), blocking=True
-                        )
-                    except DatabaseUnavailable:
-                        self.stop(outage_stop)
-                        break
+                reading = None
+                if len(page) == size:  # maybe more: read the next page while this one runs
+                    size = min(PAGE, size * 4)
+                    reading = asyncio.create_task(self._page(token_store, page[-1][0], size))
+                jobs = _PageJobs([i for i, _ in page], token_store if self.batch_type.uses_platform else None)
                 if self._chunked:
                     for start in range(0, len(page), settings.chunk_size):
                         part = page[start : start + settings.chunk_size]
@@ -450,22 +462,38 @@ class BatchRun:
                         if self.stopped:
                             chunk_slots.release()
                             break
-                        _spawn(in_flight, self._run_chunk(part), chunk_slots)
+                        _spawn(in_flight, self._run_chunk(part), chunk_slots, jobs)
                 else:
                     for item_id, item_data in page:
                         await self.limit.acquire()
                         if self.stopped:
                             self.limit.release()
                             break
-                        _spawn(in_flight, self._run_item(item_id, item_data), self.limit)
+                        _spawn(in_flight, self._run_item(item_id, item_data), self.limit, jobs)
+                jobs.dispatched()
         except BaseException:
             self.stop("internal error")  # start nothing new; the ones running finish below
             raise
         finally:
+            await _cancelled(reading)
             # Always wait for the items in flight: leaving them running would close the HTTP client
             # under them and record them failed (found by tests/faults, on a database outage).
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _page(self, token_store: DbTokenStore, after: int, size: int) -> list[tuple[int, dict | None]]:
+        """Up to ``size`` pending items after item ``after``, their credentials in ``token_store``
+        (both read in worker threads, waiting out a database outage)."""
+        batch_id = self.opened.batch_id
+        page = await self.outage.wait_out(
+            batch_id, "reading pending items",
+            lambda: run_transaction(self.engine, lambda s: pending_items(s, batch_id, after, size)),
+            blocking=True,
+        )
+        if page and self.batch_type.uses_platform:
+            ids = [i for i, _ in page]
+            await self.outage.wait_out(batch_id, "loading credentials", lambda: token_store.preload(ids), blocking=True)
+        return page
 
     async def _run_item(self, item_id: int, item_data: dict | None) -> None:
         try:  # a failed item is a Failed task run (its outcome already recorded): not an error here
@@ -531,15 +559,52 @@ class BatchRun:
         return int(row.tenant_id)
 
 
-def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter) -> None:
+class _PageJobs:
+    """The jobs (chunk or item task runs) started from one page: once the page is fully handed
+    out and its last job is done, its credentials leave the token store (memory stays bounded
+    by the pages in flight, whatever the limit)."""
+
+    __slots__ = ("ids", "running", "handed_out", "store")
+
+    def __init__(self, ids: list[int], store: DbTokenStore | None) -> None:
+        self.ids, self.store, self.running, self.handed_out = ids, store, 0, False
+
+    def started(self) -> None:
+        self.running += 1
+
+    def done(self) -> None:
+        self.running -= 1
+        self._forget()
+
+    def dispatched(self) -> None:
+        self.handed_out = True
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.handed_out and not self.running and self.store is not None:
+            self.store.forget(self.ids)
+            self.store = None
+
+
+def _spawn(in_flight: set[asyncio.Task], coro, slot: ResizableLimiter, page: _PageJobs) -> None:
     job = asyncio.create_task(coro)
     in_flight.add(job)
+    page.started()
 
     def done(t: asyncio.Task) -> None:
         in_flight.discard(t)
         slot.release()
+        page.done()
 
     job.add_done_callback(done)
+
+
+async def _cancelled(task: asyncio.Task | None) -> None:
+    """Cancel ``task`` (a page being read ahead) and wait for it to end; its errors are moot."""
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _is_cancelling(flow_run_id: str) -> bool:

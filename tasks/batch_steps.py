@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchcore.errors import (
@@ -35,6 +35,7 @@ from batchlib.notify import batch_ended
 from batchlib.task_data import (
     decode_task_data,
     fits_column,
+    request_items,
     staged_request,
     summary,
     unstaged_request,
@@ -43,6 +44,7 @@ from batchlib.task_data import (
 from batchlib.validation import check_admin_id, check_task_name
 from db import (
     add_details,
+    add_details_from,
     check_fence,
     claim_batch,
     create_batch,
@@ -181,7 +183,7 @@ def open_batch(
 
     has_rows, staged = _tx(existing)
     resuming = has_rows and not staged
-    items = None
+    items = query = None
     if not resuming:
         def validate(session) -> list:
             if retry_source(task_data) is not None:  # {"retry_failed_of": 42}: batch 42's failed items
@@ -194,9 +196,8 @@ def open_batch(
                                         task_name=task_name, create_admin_id=create_admin_id)
             if staged:
                 request = staged_request(batch_type, task_data, staged_details(session, batch_id))
-            else:
-                request = unstaged_request(task_data)
-            return batch_type.parse(session, tenant_id, request, settings)
+                return batch_type.parse(session, tenant_id, request, settings)
+            return request_items(session, batch_type, tenant_id, unstaged_request(task_data), settings)
 
         try:
             parsed = _tx(validate)
@@ -204,12 +205,14 @@ def open_batch(
             if batch_id is not None:
                 _fail_row(batch_id, owner, flow_run_id, f"invalid {'items' if staged else 'task_data'}: {exc}")
             raise
+        if isinstance(parsed, Select):  # a whole-tenant check: the rows come from the accounts table
+            query, parsed = parsed, None
         items = None if staged else parsed
         if collected is not None:
-            items = collected
+            items, query = collected, None
         if batch_id is None and retry_source(task_data) is not None:  # the link: {"retry_failed_of": 42, "items_count": N}
             task_data = {**task_data, "items_count": len(items)}
-        if not staged and not items and batch_type.collect is None:
+        if not staged and query is None and not items and batch_type.collect is None:
             raise InvalidInput(f"tenant {tenant_id} has no items to process for {task_type}")
     stored = task_data
     if items and (source is not None or not fits_column(task_data)):
@@ -231,8 +234,11 @@ def open_batch(
     step = settings.detail_insert_chunk
 
     def details(session):
-        # One transaction for all of them (multi-row INSERTs of `step` rows): a run that dies
-        # midway leaves none, so a resume, which trusts existing details, never misses items.
+        # One transaction for all of them (multi-row INSERTs of `step` rows, or one INSERT ...
+        # SELECT): a run that dies midway leaves none, so a resume, which trusts existing
+        # details, never misses items.
+        if query is not None:
+            add_details_from(session, claimed.batch_id, claimed.fence, query)
         for start in range(0, len(items or ()), step):
             add_details(session, claimed.batch_id, claimed.fence, items[start : start + step])
         set_total(session, claimed.batch_id, claimed.fence)

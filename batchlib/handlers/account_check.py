@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from batchcore.outcomes import ItemOutcome
@@ -13,7 +14,7 @@ from batchcore.settings import Settings
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
 from batchlib.validation import account_ids_from, check_accounts, check_tenant
-from db import active_account_ids, record_checks
+from db import active_account_ids, active_accounts_query, record_checks
 
 NAME = "account_check"
 
@@ -28,6 +29,16 @@ def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settin
         ids = account_ids_from(raw, max_items=settings.max_items)
         check_accounts(session, tenant, ids)
     return [(i, None) for i in ids]
+
+
+def item_query(
+    session: Session, tenant_id: int, task_data: Mapping[str, Any], settings: Settings
+) -> Select[tuple[int]] | None:
+    """Without ``account_ids``: the tenant's active accounts as a query (the detail rows are
+    inserted from it in the database); with them, None (``parse`` checks the list)."""
+    if task_data.get("account_ids") is not None:
+        return None
+    return active_accounts_query(check_tenant(session, tenant_id))
 
 
 async def handle(ctx: ItemContext, account_id: int, item_data: dict[str, Any] | None) -> ItemOutcome:
@@ -48,4 +59,5 @@ def apply(session: Session, outcomes: Sequence[ItemOutcome], now: int, scope: Ba
 
 ACCOUNT_CHECK = register(BatchType(
     NAME, "Account liveness check", parse, handle, apply, inputs={"account_ids": list}, staged_as="account_ids",
+    item_query=item_query,
 ))
