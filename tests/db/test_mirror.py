@@ -11,7 +11,9 @@ from batchcore.outcomes import ItemOutcome
 from db import (
     Counts,
     Moved,
+    active_accounts_query,
     add_details,
+    add_details_from,
     check_fence,
     claim_batch,
     counters,
@@ -25,8 +27,9 @@ from db import (
     recount,
     run_transaction,
     set_total,
+    upsert_accounts,
 )
-from db._util import RUN
+from db._util import RUN, dumps
 from tests.db.helpers import detail_rows, new_batch, started_batch
 
 
@@ -165,3 +168,48 @@ def test_statements_per_record_call(engine: Engine) -> None:
     assert moved == Moved(success=450, failed=50)
     # fence check + success UPDATE + failed UPDATE + counters (BEGIN excluded)
     assert per_500 <= 4, statements
+
+
+def test_detail_rows_inserted_from_a_query_of_the_accounts_table(engine: Engine) -> None:
+    """A whole-tenant check's rows come from ``INSERT ... SELECT``: the tenant's usable accounts
+    (not banned or disabled, not deleted), none of another tenant, existing rows kept; fenced."""
+    account = {"platform_uid": "u", "access_token": "a", "refresh_token": "r"}
+    rows = [
+        {"id": 501, "tenant_id": 5, "status": "alive"}, {"id": 502, "tenant_id": 5, "status": "banned"},
+        {"id": 503, "tenant_id": 5, "status": "disabled"}, {"id": 504, "tenant_id": 5, "status": "unknown"},
+        {"id": 505, "tenant_id": 5, "status": "alive", "delete_time": 99}, {"id": 601, "tenant_id": 6, "status": "alive"},
+    ]
+    run_transaction(engine, lambda s: upsert_accounts(s, [{**account, **r, "platform_uid": f"u{r['id']}"} for r in rows]))
+    batch_id = new_batch(engine, tenant_id=5, task_data=None)
+
+    def start(s: Session) -> tuple[int, int]:
+        claim = claim_batch(s, batch_id, owner="host:1", flow_run_id="fr", now=1001)
+        add_details(s, batch_id, claim.fence, [(504, {"kept": True})], now=1001)
+        return claim.fence, add_details_from(s, batch_id, claim.fence, active_accounts_query(5), now=1002)
+
+    fence, inserted = run_transaction(engine, start)
+    assert inserted == 1
+    with Session(engine) as s:
+        assert pending_items(s, batch_id) == [(501, None), (504, {"kept": True})]
+    with pytest.raises(StaleFence):
+        run_transaction(engine, lambda s: add_details_from(s, batch_id, fence + 1, active_accounts_query(6)))
+    assert sorted(detail_rows(engine, batch_id)) == [501, 504]
+
+
+def test_outcome_texts_reach_the_rows_as_given(engine: Engine) -> None:
+    """Results and errors go through the driver's placeholders: quotes, % and ? are data."""
+    claim = started_batch(engine, 4)
+    note = "100% 'quoted' \"twice\" ? %s"
+    outcomes = [
+        ItemOutcome.success(1, note=note), ItemOutcome.failed(2, "50% off; it's %s ? broken"),
+        ItemOutcome(3, "skipped"), ItemOutcome.failed(4, "plain", code=7),
+    ]
+    moved = run_transaction(engine, lambda s: record_outcomes(s, claim.batch_id, claim.fence, outcomes, now=1002))
+    assert moved == Moved(1, 2, 1)
+    rows = detail_rows(engine, claim.batch_id)
+    assert rows[1] == ("success", dumps({"note": note}), None, 1002)
+    assert rows[2] == ("failed", None, "50% off; it's %s ? broken", 1002)
+    assert rows[3] == ("skipped", None, None, 1002)
+    assert rows[4] == ("failed", '{"code":7}', "plain", 1002)
+    again = run_transaction(engine, lambda s: record_outcomes(s, claim.batch_id, claim.fence, outcomes, now=1003))
+    assert again == Moved(0, 0, 0) and detail_rows(engine, claim.batch_id) == rows  # only pending rows move

@@ -15,6 +15,7 @@ import redis
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
+from sqlalchemy import event
 
 from batchlib.locks import lease_key
 from db import mark_failed_unowned, run_transaction
@@ -225,6 +226,36 @@ def test_bad_input_is_refused_and_writes_nothing(batch_env: BatchEnv, params: di
     assert batch_ids(batch_env) == []
     assert batch_env.sim.stats()["total"] == 0
 
+
+
+def test_a_whole_tenant_check_inserts_its_detail_rows_in_the_database(batch_env: BatchEnv) -> None:
+    """No account ids: the detail rows are the tenant's active accounts, written by one INSERT ...
+    SELECT (the ids never come to the client); a tenant with none active is refused, nothing written."""
+    ids = batch_env.seed({7: 40, 8: 5})
+    tenant7 = [i for i in ids if i // 100000 == 7]
+    batch_env.sql("UPDATE la_alt_account SET status = 'banned' WHERE id IN (:a, :b)", a=tenant7[0], b=tenant7[1])
+    batch_env.sql("UPDATE la_alt_account SET status = 'disabled' WHERE tenant_id = 8")
+    inserts: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("INSERT") and "la_batch_task_detail" in statement:
+            inserts.append(statement)
+
+    event.listen(batch_env.engine, "before_cursor_execute", seen)
+    try:
+        state = run(account_check(tenant_id=7, return_state=True))
+        refused = run(account_check(tenant_id=8, return_state=True))
+    finally:
+        event.remove(batch_env.engine, "before_cursor_execute", seen)
+
+    assert state.is_completed(), state.message
+    (batch_id,) = batch_ids(batch_env)
+    assert len(inserts) == 1 and "SELECT" in inserts[0].upper() and "VALUES" not in inserts[0].upper()
+    rows = batch_env.sql("SELECT item_id, status FROM la_batch_task_detail WHERE task_id = :b ORDER BY item_id", b=batch_id)
+    assert [r.item_id for r in rows] == tenant7[2:] and {r.status for r in rows} == {"success"}
+    batch_env.assert_consistent(batch_id)
+    assert refused.is_failed() and "tenant 8 has no items to process" in refused.message
+    assert batch_ids(batch_env) == [batch_id]
 
 def test_cli_exit_codes_and_one_line_errors(batch_env: BatchEnv) -> None:
     batch_env.seed({7: 5})
