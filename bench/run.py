@@ -141,6 +141,7 @@ def _row(n, latency, c, ideal, baseline, flow, before, after) -> dict:
         "flow_cpu_ms_per_item": round(flow["cpu_s"] * 1000 / n, 3),
         "baseline_fixed_s": _round(baseline.get("fixed_s"), 3), "flow_fixed_s": _round(flow.get("fixed_s"), 3),
         "flow_first_item_s": _round(flow.get("first_item_s"), 3),
+        "flow_runner_fixed_s": _round(flow.get("runner_fixed_s"), 3),
         "db_statements": db["statements"], "db_round_trips": trips,
         "db_round_trips_per_item": round(trips / n, 4),
         "mirror_flushes": summary.get("mirror_flushes"), "mirror_max_lag_s": summary.get("mirror_max_lag_s"),
@@ -165,7 +166,8 @@ def _print_row(row: dict) -> None:
         f"   (flow/baseline speed {row['flow_vs_baseline']})\n"
         f"  CPU/item:    baseline {row['baseline_cpu_ms_per_item']} ms   flow {row['flow_cpu_ms_per_item']} ms\n"
         f"  fixed cost:  baseline {row['baseline_fixed_s']}s   flow {row['flow_fixed_s']}s"
-        f" (before the first item + after the last; flow's first item at {row['flow_first_item_s']}s)\n"
+        f" (before the first item + after the last; flow's first item at {row['flow_first_item_s']}s;"
+        f" {row['flow_runner_fixed_s']}s of it in BatchRun.execute, the rest is Prefect's flow run)\n"
         f"  mirror:      {row['db_statements']} statements, {row['db_round_trips']} round trips"
         f" = {row['db_round_trips_per_item']} per item; {row['mirror_flushes']} flushes,"
         f" worst lag {row['mirror_max_lag_s']}s\n"
