@@ -97,6 +97,13 @@ class BatchType:
         """What the dispatcher and the reaper run: ``"<flow name>/<deployment name>"``."""
         return f"{self.flow_name}/{self.flow_name}"
 
+    def run_name(self, tenant_id: object, batch_id: object = None) -> str:
+        """A flow-run name that says what runs: ``account-check-batch-42`` for a run of an existing
+        row, ``account-check-tenant-7`` for a new batch."""
+        if batch_id is not None:
+            return f"{self.flow_name}-batch-{batch_id}"
+        return f"{self.flow_name}-tenant-{tenant_id}"
+
     @property
     def entrypoint(self) -> str:
         """The flow function, ``flows/<name>.py:<name>`` (prefect.yaml's entrypoint)."""

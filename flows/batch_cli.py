@@ -30,7 +30,7 @@ from batchcore.settings import get_settings
 from batchlib.batch_types import get_batch_type
 from batchlib.task_data import items_from_file, validate_request
 from batchlib.validation import check_admin_id, check_task_name
-from db import get_engine, run_transaction
+from db import get_batch, get_engine, run_transaction
 from db.failures import failed_details
 
 __all__ = [
@@ -110,6 +110,24 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
     return None
 
 
+def _tenant_problem(parameters: dict[str, Any]) -> str | None:
+    """Every run names its tenant (the UI's form requires it): ``--resume`` / ``--retry-failed``
+    without ``--tenant-id`` take the tenant of the batch they name, read here."""
+    if parameters.get("tenant_id") is not None:
+        return None
+    batch_id = next((parameters[k] for k in ("batch_id", "retry_failed_of") if parameters.get(k) is not None), None)
+    if batch_id is None:
+        return "give --tenant-id"
+    try:
+        row = run_transaction(get_engine(), lambda s: get_batch(s, batch_id))
+    except (OperationalError, InterfaceError) as exc:
+        return f"could not read batch {batch_id}: the database is unreachable ({type(exc).__name__})"
+    if row is None or row.delete_time is not None:
+        return f"rejected: batch {batch_id} does not exist"
+    parameters["tenant_id"] = int(row.tenant_id)
+    return None
+
+
 def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     """A new batch's request checked here, read-only, as its run will check it first: a refusal
     is then one line, with no flow run (and none of its log lines) at all."""
@@ -139,7 +157,8 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
 def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: str | None = None) -> int:
     """Run ``flow_fn`` with ``parameters``; with ``task_type``, a new batch's request is checked
     before the flow run is created."""
-    problem = _parameters_problem(parameters) or (task_type and _request_problem(task_type, parameters))
+    problem = (_parameters_problem(parameters) or _tenant_problem(parameters)
+               or (task_type and _request_problem(task_type, parameters)))
     if problem:
         return refuse(problem)
     quiet_prefect()

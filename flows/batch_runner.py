@@ -123,10 +123,10 @@ def batch_flow(task_type: str, *, name: str | None = None):
     """The ``@flow`` of batch type ``task_type`` (named after it, e.g. ``account-check``, unless
     ``name`` is given): readable run names, documented parameters, and hooks that mirror a run's
     ending (cancelled, crashed, failed) into its batch row when the runner could not close it."""
-    name = name or get_batch_type(task_type).flow_name
+    batch_type = get_batch_type(task_type)
     decorate = flow(
-        name=name,
-        flow_run_name=batch_run_name(name),
+        name=name or batch_type.flow_name,
+        flow_run_name=batch_run_name(batch_type),
         on_cancellation=[mark_cancelled],
         on_crashed=[mark_crashed],
         on_failure=[mark_failed],
@@ -134,14 +134,19 @@ def batch_flow(task_type: str, *, name: str | None = None):
     return lambda fn: decorate(document_parameters(fn))
 
 
-def batch_run_name(flow_name: str):
-    """Flow-run names that say what runs: ``account-check-tenant-7`` or ``account-check-batch-42``."""
+def batch_run_name(batch_type: BatchType):
+    """A run's name: the one it was created with when someone chose it (the UI's Run form, the
+    dispatcher, ``prefect deployment run --flow-run-name``), so the form's name is the run's;
+    otherwise (a schedule's run, or one this process started from the command line) the
+    type's readable name, ``account-check-tenant-7`` or ``account-check-batch-42``."""
 
     def name() -> str:
+        ctx = FlowRunContext.get()
+        run = ctx.flow_run if ctx else None
+        if run is not None and run.deployment_id is not None and not run.auto_scheduled:
+            return run.name
         params = flow_run.parameters
-        if params.get("batch_id") is not None:
-            return f"{flow_name}-batch-{params['batch_id']}"
-        return f"{flow_name}-tenant-{params.get('tenant_id')}"
+        return batch_type.run_name(params.get("tenant_id"), params.get("batch_id"))
 
     return name
 
@@ -266,7 +271,7 @@ class BatchRun:
             self.tenant_id, self.task_data = row.tenant_id, row.task_data
         retry_of = _retry_source(self.task_data)
         if self.tenant_id is None and retry_of is not None:  # a retry runs for the tenant of the batch it retries
-            self.tenant_id = self._tenant_of(retry_of)
+            self.tenant_id = self._tenant_of(retry_of)  # (open_batch refuses a retry of another tenant's batch)
         if self.tenant_id is None:
             raise BatchError("give a tenant id (or the id of a batch to resume)")
         return retry_of
