@@ -31,7 +31,7 @@ from batchlib.batch_types import get_batch_type
 from batchlib.task_data import items_from_file, validate_request
 from batchlib.validation import check_admin_id, check_task_name
 from db import get_batch, get_engine, run_transaction
-from db.failures import failed_details
+from db.failures import failed_details, retry_items
 
 __all__ = [
     "OneLineParser", "base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api",
@@ -133,8 +133,8 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     is then one line, with no flow run (and none of its log lines) at all."""
     if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
         return None  # a resume, or a request the run refuses in one line anyway
-    if parameters.get("retry_failed_of") is not None:
-        return None  # a retry: its items are the old batch's failed ones, checked by the run
+    if parameters.get("retry_failed_of") is not None:  # a retry: the old batch must have ended with failures
+        return _checked(lambda s: retry_items(s, parameters["retry_failed_of"], parameters["tenant_id"], task_type))
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     task_data = {k: parameters[k] for k in batch_type.inputs if parameters.get(k) is not None} or None
@@ -142,15 +142,23 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     try:
         if path is not None:
             task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, path)}
-        engine = get_engine()
-        run_transaction(engine, lambda s: validate_request(
-            s, batch_type, parameters["tenant_id"], task_data, settings,
-            task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
-        ))
+    except InvalidInput as exc:
+        return f"rejected: {exc}"
+    return _checked(lambda s: validate_request(
+        s, batch_type, parameters["tenant_id"], task_data, settings,
+        task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
+    ))
+
+
+def _checked(check: Callable[[Any], Any]) -> str | None:
+    """A read-only check in one transaction: its refusal as one line, else None (the run reports
+    a database that is down)."""
+    try:
+        run_transaction(get_engine(), check)
     except InvalidInput as exc:
         return f"rejected: {exc}"
     except (OperationalError, InterfaceError):
-        return None  # the run reports the database being down
+        return None
     return None
 
 

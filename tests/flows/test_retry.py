@@ -95,7 +95,7 @@ def test_retry_refusals_write_nothing(batch_env: BatchEnv) -> None:
 
     cases = [
         (account_check(tenant_id=7, retry_failed_of=clean, return_state=True), f"cannot retry batch {clean}: none of its items failed"),
-        (account_check(tenant_id=7, retry_failed_of=9999, return_state=True), "batch 9999 does not exist"),
+        (account_check(tenant_id=7, retry_failed_of=9999, return_state=True), "cannot retry batch 9999: it does not exist"),
         (account_check(tenant_id=8, retry_failed_of=first, return_state=True),
          f"cannot retry batch {first}: it belongs to tenant 7, not tenant 8"),
         (nickname_change(tenant_id=7, retry_failed_of=first, return_state=True), "it is a account_check batch, not nickname_change"),
