@@ -82,7 +82,7 @@ class KuboClient:
     """One connection pool to a Kubo RPC endpoint; use it as an async context manager.
 
     ``wire`` replaces the default ``AiohttpWire`` (built from the timeouts, caps and pool size
-    given here); unit tests inject a scripted one.
+    given here); unit tests inject a scripted one. ``retry`` gives the attempts and the waits.
     """
 
     def __init__(
