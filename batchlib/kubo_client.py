@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 from batchcore.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PinNotFound
 from batchcore.settings import Settings
 from batchlib.backoff import RetriesExhausted, RetryPolicy, parse_retry_after
-from batchlib.http_wire import AiohttpWire, Limits, Reply, Stream, StreamBroken, Wire
+from batchlib.http_wire import AiohttpWire, Limits, Reply, Stream, StreamBroken, Wire, WireClient, http_options
 
 __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
 
@@ -78,7 +78,7 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class KuboClient:
+class KuboClient(WireClient):
     """One connection pool to a Kubo RPC endpoint; use it as an async context manager.
 
     ``wire`` replaces the default ``AiohttpWire`` (built from the timeouts, caps and pool size
@@ -108,23 +108,7 @@ class KuboClient:
     def from_settings(cls, settings: Settings, tenant_id: int | None = None, **overrides: Any) -> KuboClient:
         """A client of the tenant's node (``BATCH_KUBO_NODES``, else ``BATCH_KUBO_URL``) with the
         ``BATCH_HTTP_*`` settings."""
-        options: dict[str, Any] = {
-            "connect_timeout": settings.http_connect_timeout_s,
-            "read_timeout": settings.http_read_timeout_s,
-            "body_timeout": settings.http_body_timeout_s,
-            "retry": RetryPolicy.http(settings),
-            "max_body_bytes": settings.http_max_body_bytes,
-        }
-        return cls(settings.kubo_url_for(tenant_id), **{**options, **overrides})
-
-    async def __aenter__(self) -> KuboClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._wire.aclose()
+        return cls(settings.kubo_url_for(tenant_id), **{**http_options(settings), **overrides})
 
     # -- calls ------------------------------------------------------------------------------
     async def version(self) -> str:

@@ -53,7 +53,7 @@ from batchcore.errors import (
     TokenRefreshFailed,
 )
 from batchlib.backoff import RetryPolicy, parse_retry_after
-from batchlib.http_wire import AiohttpWire, Limits, Reply, Wire
+from batchlib.http_wire import AiohttpWire, Limits, Reply, Wire, WireClient, http_options
 
 if TYPE_CHECKING:
     from batchcore.settings import Settings
@@ -151,7 +151,7 @@ class _Budget:
     garbage_retried: bool = False
 
 
-class PlatformClient:
+class PlatformClient(WireClient):
     """One long-lived HTTP client for the platform; methods take our ``account_id``.
 
     Requests go over ``wire`` (default: an ``AiohttpWire`` with the timeouts, caps, pool size
@@ -187,11 +187,7 @@ class PlatformClient:
     @classmethod
     def from_settings(cls, settings: Settings, token_store: TokenStore, **overrides: Any) -> PlatformClient:
         options: dict[str, Any] = {
-            "connect_timeout": settings.http_connect_timeout_s,
-            "read_timeout": settings.http_read_timeout_s,
-            "body_timeout": settings.http_body_timeout_s,
-            "retry": RetryPolicy.http(settings),
-            "max_body_bytes": settings.http_max_body_bytes,
+            **http_options(settings),
             "proxy": settings.platform_proxy_url.get_secret_value() if settings.platform_proxy_url else None,
         }
         return cls(settings.platform_url, token_store, **{**options, **overrides})
@@ -201,15 +197,6 @@ class PlatformClient:
         """Upper bound of requests one call sends: 1 + max_retries, a refresh and its re-send,
         and up to ``ADOPT_MAX`` re-sends with tokens stored by someone else meanwhile."""
         return self.retry.max_retries + 3 + ADOPT_MAX
-
-    async def __aenter__(self) -> PlatformClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._wire.aclose()
 
     # -- platform operations ------------------------------------------------------
     async def get_me(self, account_id: int) -> AccountState:
