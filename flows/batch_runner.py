@@ -46,6 +46,7 @@ from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings, get_settings
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
 from batchlib.item_context import ItemContext
+from batchlib.item_processes import ItemProcesses, ItemProcessExited
 from batchlib.kubo_client import KuboClient
 from batchlib.limiter import ResizableLimiter
 from batchlib.locks import Lease, lease_for
@@ -222,6 +223,7 @@ class BatchRun:
         self.limit = ResizableLimiter(1)  # replaced by the key's limit once processing starts
         self.stop_reason: str | None = None
         self.calls = 0  # items handed to the handler (each costs 1 + retries platform calls at most)
+        self.items: ItemProcesses | None = None  # helper processes handling the items, for big batches
         self._chunks: dict[int, list[tuple[int, dict | None]]] = {}
 
     # -- lifecycle
@@ -240,6 +242,8 @@ class BatchRun:
                 counts, status, reason = self._counts(), st.COMPLETED, None
             else:
                 mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
+                if self._in_item_processes:
+                    mode += f", {self.settings.item_processes} item processes"
                 status, reason, flushed = await self.process_pending(artifacts, mode)
                 counts = await self.close(status, reason)
                 status = counts.pop("status", status)  # the admin panel's cancel has the last word
@@ -321,6 +325,10 @@ class BatchRun:
             self.ctx = ItemContext(
                 self.tenant_id, opened.batch_id, self.batch_type.name, settings, self.engine, platform, kubo, state
             )
+            if self._in_item_processes:
+                self.items = await clients.enter_async_context(await ItemProcesses.start(
+                    self.batch_type.name, self.tenant_id, opened.batch_id, settings.item_processes, settings,
+                ))
             limits = LimitFollower(self.tenant_id, self.batch_type.name, settings, self.log)
             limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
             self.limit = limits.limiter
@@ -410,6 +418,12 @@ class BatchRun:
     def _chunked(self) -> bool:
         return self.opened.pending > self.settings.chunk_threshold
 
+    @property
+    def _in_item_processes(self) -> bool:
+        settings = self.settings
+        return (settings.item_processes > 0 and self.batch_type.runs_in_item_processes and self._chunked
+                and self.opened.pending >= settings.item_processes_min_items)
+
     async def feed(self, token_store: DbTokenStore) -> None:
         """Page through pending items and hand them to task runs, never more than the limit at once."""
         settings, batch_id = self.settings, self.opened.batch_id
@@ -436,17 +450,21 @@ class BatchRun:
                 if self.batch_type.uses_platform:
                     # In flight is at most one page's tail (the limit << PAGE), so the page before the
                     # previous one is done: drop its credentials to keep memory bounded.
+                    tokens = self.items or token_store
                     if len(older_pages) == 2:
-                        token_store.forget(older_pages.pop(0))
+                        tokens.forget(older_pages.pop(0))
                     older_pages.append([i for i, _ in page])
                     ids = older_pages[-1]
-                    try:
-                        await self.outage.wait_out(
-                            batch_id, "loading credentials", lambda: token_store.preload(ids), blocking=True
-                        )
-                    except DatabaseUnavailable:
-                        self.stop(outage_stop)
-                        break
+                    if self.items is not None:  # helper processes read the page's credentials themselves
+                        self.items.preload(ids)
+                    else:
+                        try:
+                            await self.outage.wait_out(
+                                batch_id, "loading credentials", lambda: token_store.preload(ids), blocking=True
+                            )
+                        except DatabaseUnavailable:
+                            self.stop(outage_stop)
+                            break
                 if self._chunked:
                     for start in range(0, len(page), settings.chunk_size):
                         part = page[start : start + settings.chunk_size]
@@ -512,13 +530,16 @@ class BatchRun:
         if self.stopped:
             return None
         self.calls += 1
-        try:
-            outcome = await self.batch_type.handle(self.ctx, item_id, item_data)
-        except ServiceError as exc:
-            outcome = ItemOutcome.failed(item_id, exc.reason)
-        except Exception as exc:  # a handler bug must not sink the batch
-            log.exception("item %s of batch %s failed unexpectedly", item_id, self.ctx.batch_id)
-            outcome = ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}")
+        if self.items is None:
+            outcome = await self.batch_type.outcome_of(self.ctx, item_id, item_data)
+        else:
+            try:
+                outcome = await self.items.handle(item_id, item_data)
+            except ItemProcessExited:
+                outcome = None
+            if outcome is None:  # its helper process exited: the item stays pending, like a killed worker's
+                self.stop("internal error: an item process exited (its items in flight stay pending)")
+                return None
         self.mirror.add(outcome)
         return outcome
 
