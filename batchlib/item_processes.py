@@ -243,7 +243,10 @@ async def _serve(task_type: str, tenant_id: int, batch_id: int, out_fd: int) -> 
                     running.add(job)
                     job.add_done_callback(running.discard)
             elif kind == "preload":
-                await asyncio.to_thread(tokens.preload, body)
+                try:
+                    await asyncio.to_thread(tokens.preload, body)
+                except Exception as exc:  # the database is down: each item reads its own (the run waits out the outage)
+                    log.warning("could not preload %s accounts' credentials: %s", len(body), type(exc).__name__)
             elif kind == "forget":
                 tokens.forget(body)
             elif kind == "close":

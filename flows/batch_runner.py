@@ -241,10 +241,8 @@ class BatchRun:
             elif opened.pending == 0:  # nothing left: open_batch closed it
                 counts, status, reason = self._counts(), st.COMPLETED, None
             else:
-                mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
-                if self._in_item_processes:
-                    mode += f", {self.settings.item_processes} item processes"
-                status, reason, flushed = await self.process_pending(artifacts, mode)
+                status, reason, flushed = await self.process_pending(artifacts)
+                mode = self.mode
                 counts = await self.close(status, reason)
                 status = counts.pop("status", status)  # the admin panel's cancel has the last word
         summary = BatchSummary(
@@ -299,7 +297,13 @@ class BatchRun:
             takeover=request.takeover, collected=collected, collect_error=collect_error, source=self.source,
         )
 
-    async def process_pending(self, artifacts: BatchArtifacts, mode: str) -> tuple[str, str | None, FlushStats]:
+    @property
+    def mode(self) -> str:
+        """How the items run: ``chunks of 250[, 2 item processes]`` or ``task per item``."""
+        mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
+        return mode + (f", {self.settings.item_processes} item processes" if self.items is not None else "")
+
+    async def process_pending(self, artifacts: BatchArtifacts) -> tuple[str, str | None, FlushStats]:
         """Run every pending item; return (final status, reason, mirror stats).
 
         Raises StaleFence / LockLost when another run took the batch over: then we write nothing.
@@ -326,9 +330,13 @@ class BatchRun:
                 self.tenant_id, opened.batch_id, self.batch_type.name, settings, self.engine, platform, kubo, state
             )
             if self._in_item_processes:
-                self.items = await clients.enter_async_context(await ItemProcesses.start(
-                    self.batch_type.name, self.tenant_id, opened.batch_id, settings.item_processes, settings,
-                ))
+                try:
+                    self.items = await clients.enter_async_context(await ItemProcesses.start(
+                        self.batch_type.name, self.tenant_id, opened.batch_id, settings.item_processes, settings,
+                    ))
+                except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                    self.log.warning("batch %s: the item processes did not start (%s); the items run in this "
+                                     "process", opened.batch_id, exc)
             limits = LimitFollower(self.tenant_id, self.batch_type.name, settings, self.log)
             limit = await limits.start()  # the key's Prefect limit (or the configured default), then polled
             self.limit = limits.limiter
@@ -339,7 +347,7 @@ class BatchRun:
             shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
             self.log.info(
                 "batch %s: %s pending of %s items, %s, at most %s in flight",
-                opened.batch_id, opened.pending, opened.total, mode, limit,
+                opened.batch_id, opened.pending, opened.total, self.mode, limit,
             )
             try:
                 await self.feed(token_store)

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 
+from batchlib.item_processes import ItemProcesses
 from flows.account_check import account_check
 from flows.nickname_change import nickname_change
 from tests.support.batch_env import BatchEnv, items_of
@@ -112,3 +113,20 @@ def test_a_killed_item_process_stops_the_batch_and_a_resume_finishes_it(batch_en
     # (at most the limit) were called twice.
     calls = batch_env.uid_calls()
     assert len(calls) == 800 and sum(n - 1 for n in calls.values()) <= 10
+
+
+def test_item_processes_that_do_not_start_leave_the_items_to_the_run(batch_env: BatchEnv, configure,
+                                                                      monkeypatch) -> None:
+    configure(concurrency=10, **HELPERS)
+    batch_env.seed({7: 120})
+
+    async def cannot_start(*args, **kwargs):
+        raise RuntimeError("an item process did not start (exit code 1)")
+
+    monkeypatch.setattr(ItemProcesses, "start", cannot_start)
+    state = run(account_check(tenant_id=7, return_state=True))
+
+    assert state.is_completed(), state.message
+    assert summary(state)["mode"] == "chunks of 50"  # handled in the run's own loop
+    batch_env.assert_consistent(summary(state)["batch_id"])
+    assert len(batch_env.uid_calls()) == 120
