@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks
     chunk_size: int = Field(250, ge=1)
+    # Helper processes handling a big batch's platform calls (0: the run's own event loop only);
+    # used by batches of at least item_processes_min_items pending items (starting one costs ~1 s of CPU)
+    item_processes: int = Field(0, ge=0, le=32)
+    item_processes_min_items: int = Field(20_000, ge=0)
     flush_interval_s: float = Field(0.5, gt=0)  # mirror flush period (admin panel sees progress)
     flush_max_items: int = Field(500, ge=1)
     detail_insert_chunk: int = Field(5000, ge=1)

@@ -43,6 +43,7 @@ A batch type is data, not a class hierarchy:
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,12 +52,14 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from batchcore.errors import UnknownBatchType
+from batchcore.errors import ServiceError, UnknownBatchType
 from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings
 from batchlib.item_context import ItemContext
 
 __all__ = ["Item", "BatchType", "BatchScope", "register", "get_batch_type", "batch_type_names", "batch_types"]
+
+log = logging.getLogger(__name__)
 
 Item = tuple[int, dict[str, Any] | None]
 Parse = Callable[[Session, int, Mapping[str, Any], Settings], list[Item]]
@@ -104,6 +107,29 @@ class BatchType:
     def deployment(self) -> str:
         """What the dispatcher and the reaper run: ``"<flow name>/<deployment name>"``."""
         return f"{self.flow_name}/{self.flow_name}"
+
+    async def outcome_of(self, ctx: ItemContext, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome:
+        """``handle`` with every failure as a failed outcome: a service's error with its reason, a
+        handler bug as ``internal error: <exception type>`` (logged with its traceback)."""
+        try:
+            return await self.handle(ctx, item_id, item_data)
+        except ServiceError as exc:
+            return ItemOutcome.failed(item_id, exc.reason)
+        except Exception as exc:  # a handler bug must not sink the batch
+            log.exception("item %s of batch %s failed unexpectedly", item_id, ctx.batch_id)
+            return ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}")
+
+    @property
+    def runs_in_item_processes(self) -> bool:
+        """Whether helper processes may handle its items: platform calls only, no per-run state."""
+        return self.uses_platform and not self.uses_kubo and self.prepare is None
+
+    def run_name(self, tenant_id: object, batch_id: object = None) -> str:
+        """A flow-run name that says what runs: ``account-check-batch-42`` for a run of an existing
+        row, ``account-check-tenant-7`` for a new batch."""
+        if batch_id is not None:
+            return f"{self.flow_name}-batch-{batch_id}"
+        return f"{self.flow_name}-tenant-{tenant_id}"
 
     @property
     def entrypoint(self) -> str:

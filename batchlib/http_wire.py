@@ -35,12 +35,17 @@ import functools
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import aiohttp
 import certifi
 
-__all__ = ["AiohttpWire", "Limits", "Reply", "Stream", "StreamBroken", "Wire"]
+from batchlib.backoff import RetryPolicy
+
+if TYPE_CHECKING:
+    from batchcore.settings import Settings
+
+__all__ = ["AiohttpWire", "Limits", "Reply", "Stream", "StreamBroken", "Wire", "WireClient", "http_options"]
 
 
 @dataclass(slots=True)
@@ -209,3 +214,29 @@ async def _read_capped(chunks: AsyncIterator[bytes], cap: int, timeout: float) -
 def ssl_context() -> ssl.SSLContext:
     """One verifying context (certifi's CA bundle) for every session: building one costs ~20 ms."""
     return ssl.create_default_context(cafile=certifi.where())
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """The ``BATCH_HTTP_*`` settings both clients take: timeouts, retry policy, body cap."""
+    return {
+        "connect_timeout": settings.http_connect_timeout_s,
+        "read_timeout": settings.http_read_timeout_s,
+        "body_timeout": settings.http_body_timeout_s,
+        "retry": RetryPolicy.http(settings),
+        "max_body_bytes": settings.http_max_body_bytes,
+    }
+
+
+class WireClient:
+    """A client that owns its ``Wire``: ``async with client:`` closes it."""
+
+    _wire: Wire
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._wire.aclose()

@@ -14,7 +14,8 @@ Errors (``batchcore.errors``, all ``KuboError``, none a ``PlatformError``):
     └── PinNotFound       files/stat says the block is gone: the pin disappeared. Never retried.
     BadKuboResponse       a body or line that is not the JSON we expect, or is too large
 
-Each call makes at most ``1 + max_retries`` requests. Only the opening of a pin/ls stream is
+Each call makes at most ``retry.attempts`` (1 + ``max_retries``) requests, waiting as the
+``RetryPolicy`` (``batchlib.backoff``) says. Only the opening of a pin/ls stream is
 retried: once lines were yielded, a break raises, and the caller lists again from the start.
 
 Requests go over the injected ``Wire`` (``batchlib.http_wire``), by default ``AiohttpWire`` like
@@ -23,9 +24,7 @@ the platform client: one HTTP library, one seam, for both outside services.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -35,8 +34,8 @@ from urllib.parse import urlencode
 
 from batchcore.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable, PinNotFound
 from batchcore.settings import Settings
-from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.http_wire import AiohttpWire, Limits, Reply, Stream, StreamBroken, Wire
+from batchlib.backoff import RetriesExhausted, RetryPolicy, parse_retry_after
+from batchlib.http_wire import AiohttpWire, Limits, Reply, Stream, StreamBroken, Wire, WireClient, http_options
 
 __all__ = ["KuboClient", "PinRef", "PinStat", "PinType", "PinNotFound"]
 
@@ -79,11 +78,11 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class KuboClient:
+class KuboClient(WireClient):
     """One connection pool to a Kubo RPC endpoint; use it as an async context manager.
 
     ``wire`` replaces the default ``AiohttpWire`` (built from the timeouts, caps and pool size
-    given here); unit tests inject a scripted one.
+    given here); unit tests inject a scripted one. ``retry`` gives the attempts and the waits.
     """
 
     def __init__(
@@ -93,52 +92,23 @@ class KuboClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         body_timeout: float = 30.0,
-        max_retries: int = 3,
-        backoff_base: float = 0.2,
-        backoff_max: float = 5.0,
-        retry_after_max: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
         max_line_bytes: int = 64 * 1024,
         max_body_bytes: int = 1_000_000,
         max_connections: int = 100,
         wire: Wire | None = None,
-        rng: random.Random | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
         limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections)
         self._wire: Wire = wire or AiohttpWire(base_url, limits, DEFAULT_HEADERS)
-        self._max_retries = max_retries
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._retry_after_max = retry_after_max
+        self.retry = retry
         self._max_line_bytes = max_line_bytes
         self._max_body_bytes = max_body_bytes
-        self._rng = rng or random.Random()
 
     @classmethod
     def from_settings(cls, settings: Settings, tenant_id: int | None = None, **overrides: Any) -> KuboClient:
         """A client of the tenant's node (``BATCH_KUBO_NODES``, else ``BATCH_KUBO_URL``) with the
         ``BATCH_HTTP_*`` settings."""
-        options: dict[str, Any] = {
-            "connect_timeout": settings.http_connect_timeout_s,
-            "read_timeout": settings.http_read_timeout_s,
-            "body_timeout": settings.http_body_timeout_s,
-            "max_retries": settings.http_max_retries,
-            "backoff_base": settings.http_backoff_base_s,
-            "backoff_max": settings.http_backoff_max_s,
-            "retry_after_max": settings.http_retry_after_max_s,
-            "max_body_bytes": settings.http_max_body_bytes,
-        }
-        return cls(settings.kubo_url_for(tenant_id), **{**options, **overrides})
-
-    async def __aenter__(self) -> KuboClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._wire.aclose()
+        return cls(settings.kubo_url_for(tenant_id), **{**http_options(settings), **overrides})
 
     # -- calls ------------------------------------------------------------------------------
     async def version(self) -> str:
@@ -198,22 +168,14 @@ class KuboClient:
 
     # -- plumbing ---------------------------------------------------------------------------
     async def _retrying(self, endpoint: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` up to 1 + max_retries times while it fails transiently."""
-        attempts = self._max_retries + 1
-        last = _Transient("no attempt made")
-        for number in range(1, attempts + 1):
-            try:
-                return await attempt()
-            except _Transient as exc:
-                last = exc
-            if number < attempts:
-                delay = full_jitter(number - 1, self._backoff_base, self._backoff_max, self._rng)
-                if last.retry_after is not None:
-                    delay = max(delay, min(last.retry_after, self._retry_after_max))
-                await asyncio.sleep(delay)
+        """Run ``attempt`` as the retry policy says while it fails transiently."""
+        try:
+            return await self.retry.retrying(attempt, transient=_Transient)
+        except RetriesExhausted as spent:
+            last, attempts = spent.last, spent.attempts
+        assert isinstance(last, _Transient)
         error = KuboRateLimited if last.status_code == 429 else KuboUnavailable
-        reason = f"kubo {endpoint} unavailable after {attempts} attempt(s): {last.detail}"
-        raise error(reason, status_code=last.status_code)
+        raise error(f"kubo {endpoint} unavailable after {attempts} attempt(s): {last.detail}", status_code=last.status_code)
 
     async def _open(self, endpoint: str, params: dict[str, str]) -> Stream:
         """One streamed request; returns the open stream if it is a 200, else raises (and closes it)."""

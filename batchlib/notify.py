@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
 from batchcore.settings import Settings, get_settings
-from batchlib.backoff import full_jitter
+from batchlib.backoff import RetriesExhausted, RetryPolicy
 from db import get_engine, run_transaction
 from db.notifications import claim_notification
 
@@ -122,23 +122,16 @@ def _notify(batch_id: int, settings: Settings) -> None:
 
 def _attempts(settings: Settings, deadline: float, what: str, send: Callable[[], None]) -> bool:
     """``send()`` until it succeeds, ``notify_attempts`` times at most, within ``deadline``."""
-    failure = "no attempt"
-    for attempt in range(settings.notify_attempts):
-        if time.monotonic() >= deadline:
-            break
-        try:
-            send()
-            return True
-        except Exception as exc:
-            failure = _describe(exc)
-        if attempt + 1 < settings.notify_attempts:
-            pause = full_jitter(attempt, settings.notify_backoff_base_s, settings.notify_backoff_max_s)
-            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
-    log.warning("%s failed after %s attempt(s): %s", what, attempt + 1, failure)
-    return False
+    try:
+        RetryPolicy.notify(settings).retrying_sync(send, deadline=deadline)
+        return True
+    except RetriesExhausted as spent:
+        failure = "no attempt" if spent.last is None else _describe(spent.last)
+        log.warning("%s failed after %s attempt(s): %s", what, spent.attempts, failure)
+        return False
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     """An error in words that carry no secret: the class, an HTTP or SMTP status code, never the reply text."""
     if isinstance(exc, HTTPError):
         return f"HTTP {exc.code}"

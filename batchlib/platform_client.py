@@ -11,11 +11,12 @@ What each answer leads to::
                                                     instead of refreshing; refresh refused -> TokenRefreshFailed
     429                                          -> wait Retry-After (capped), retry; budget spent -> RateLimited
     5xx, timeout, connection error/reset         -> full-jitter backoff, retry; budget spent -> PlatformUnavailable
+    (the waits and the budget: the ``RetryPolicy`` given, ``batchlib.backoff``)
     (a timeout: no byte for ``read_timeout``, or the body not complete ``body_timeout`` after
     the headers: a trickling server resets a per-read timeout with every byte)
     other 4xx                                    -> PlatformRejected(<error code>), not retried
 
-Request budget of one call: 1 + ``max_retries`` sends (shared by the call and a refresh it
+Request budget of one call: 1 + ``retry.max_retries`` sends (shared by the call and a refresh it
 leads), plus at most one refresh request and one re-send after it, plus at most ``ADOPT_MAX``
 re-sends with a pair someone else (the admin system, another worker) stored meanwhile:
 never more than ``max_requests_per_call``. ``attempts`` counts every request sent.
@@ -38,10 +39,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -52,8 +52,8 @@ from batchcore.errors import (
     RateLimited,
     TokenRefreshFailed,
 )
-from batchlib.backoff import full_jitter, parse_retry_after
-from batchlib.http_wire import AiohttpWire, Limits, Reply, Wire
+from batchlib.backoff import RetryPolicy, parse_retry_after
+from batchlib.http_wire import AiohttpWire, Limits, Reply, Wire, WireClient, http_options
 
 if TYPE_CHECKING:
     from batchcore.settings import Settings
@@ -151,12 +151,12 @@ class _Budget:
     garbage_retried: bool = False
 
 
-class PlatformClient:
+class PlatformClient(WireClient):
     """One long-lived HTTP client for the platform; methods take our ``account_id``.
 
     Requests go over ``wire`` (default: an ``AiohttpWire`` with the timeouts, caps, pool size
-    and proxy given here); ``sleep`` and ``rng`` are hooks for tests (record the waits, fix
-    the jitter).
+    and proxy given here). ``retry`` gives the budget and the waits; its ``sleep`` and ``rng``
+    are hooks for tests (record the waits, fix the jitter).
     """
 
     def __init__(
@@ -167,25 +167,15 @@ class PlatformClient:
         connect_timeout: float = 5,
         read_timeout: float = 10,
         body_timeout: float = 30,
-        max_retries: int = 3,
-        backoff_base: float = 0.2,
-        backoff_max: float = 5,
-        retry_after_max: float = 30,
+        retry: RetryPolicy = RetryPolicy(),
         max_body_bytes: int = 1_000_000,
         wire: Wire | None = None,
         max_connections: int = 200,
         proxy: str | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rng: random.Random | None = None,
     ) -> None:
         self._store = token_store
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.retry_after_max = retry_after_max
+        self.retry = retry
         self.max_body_bytes = max_body_bytes
-        self._sleep = sleep
-        self._rng = rng or random.Random()
         limits = Limits(connect_timeout, read_timeout, body_timeout, max_body_bytes, max_connections, proxy)
         self._wire: Wire = wire or AiohttpWire(base_url, limits, DEFAULT_HEADERS)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -197,14 +187,7 @@ class PlatformClient:
     @classmethod
     def from_settings(cls, settings: Settings, token_store: TokenStore, **overrides: Any) -> PlatformClient:
         options: dict[str, Any] = {
-            "connect_timeout": settings.http_connect_timeout_s,
-            "read_timeout": settings.http_read_timeout_s,
-            "body_timeout": settings.http_body_timeout_s,
-            "max_retries": settings.http_max_retries,
-            "backoff_base": settings.http_backoff_base_s,
-            "backoff_max": settings.http_backoff_max_s,
-            "retry_after_max": settings.http_retry_after_max_s,
-            "max_body_bytes": settings.http_max_body_bytes,
+            **http_options(settings),
             "proxy": settings.platform_proxy_url.get_secret_value() if settings.platform_proxy_url else None,
         }
         return cls(settings.platform_url, token_store, **{**options, **overrides})
@@ -213,16 +196,7 @@ class PlatformClient:
     def max_requests_per_call(self) -> int:
         """Upper bound of requests one call sends: 1 + max_retries, a refresh and its re-send,
         and up to ``ADOPT_MAX`` re-sends with tokens stored by someone else meanwhile."""
-        return self.max_retries + 3 + ADOPT_MAX
-
-    async def __aenter__(self) -> PlatformClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._wire.aclose()
+        return self.retry.max_retries + 3 + ADOPT_MAX
 
     # -- platform operations ------------------------------------------------------
     async def get_me(self, account_id: int) -> AccountState:
@@ -323,7 +297,7 @@ class PlatformClient:
         storing the pair it just obtained (between the platform's answer and its UPDATE), so
         the store is read a few times over ``sum(RELOAD_PAUSES)`` seconds."""
         for pause in RELOAD_PAUSES:
-            await self._sleep(pause)
+            await self.retry.sleep(pause)
             newer = await self._store.reload(account_id)
             if newer.version != refused.version:
                 return newer
@@ -336,7 +310,7 @@ class PlatformClient:
         """Send until a 2xx with a JSON object or a 4xx other than 429; returns (status, JSON)."""
         while True:
             reply = await self._send(method, path, token, body)
-            delay: float | None = None
+            retry_after: float | None = None
             if isinstance(reply, str):
                 reason, error = reply, PlatformUnavailable
             elif reply.body is None:
@@ -345,8 +319,7 @@ class PlatformClient:
                 )
             elif reply.status == 429:
                 reason, error = "rate limited (HTTP 429)", RateLimited
-                asked = parse_retry_after(reply.headers.get("retry-after"))
-                delay = None if asked is None else min(asked, self.retry_after_max)
+                retry_after = parse_retry_after(reply.headers.get("retry-after"))
             elif reply.status >= 500:
                 reason, error = f"platform error (HTTP {reply.status})", PlatformUnavailable
             else:
@@ -359,13 +332,12 @@ class PlatformClient:
                     raise BadPlatformResponse("unreadable response body (not a JSON object)", status_code=reply.status)
                 budget.garbage_retried = True
                 reason, error = "unreadable response body", BadPlatformResponse
-            if budget.retries >= self.max_retries:
+            if budget.retries >= self.retry.max_retries:
                 raise error(f"{reason}; gave up after {budget.retries + 1} attempts")
-            if delay is None:
-                delay = full_jitter(budget.retries, self.backoff_base, self.backoff_max, self._rng)
+            delay = self.retry.delay(budget.retries, retry_after)
             budget.retries += 1
             logger.debug("%s %s: %s; retry %d in %.2fs", method, path, reason, budget.retries, delay)
-            await self._sleep(delay)
+            await self.retry.sleep(delay)
 
     async def _send(self, method: str, path: str, token: str | None, body: dict[str, Any] | None) -> Reply | str:
         """One HTTP request; the reply (body None when over the cap) or a transport failure reason."""

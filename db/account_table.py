@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine
 from batchcore.errors import AccountTableMismatch
 from batchcore.settings import get_settings
 from db import statuses as st
+from db.retry import run_transaction
 
 __all__ = [
     "ROLES", "REQUIRED", "AccountSpec", "AccountTable", "DEFAULT_SPEC",
@@ -237,6 +238,8 @@ def verify_once(engine: Engine, accounts: AccountTable | None = None) -> None:
     key = (engine.url, accounts.spec)
     if key in _verified:
         return
-    verify(engine, accounts)
+    # In a transaction of its own, retried like any other: a process's first statement may meet
+    # a connection the server dropped ("MySQL server has gone away").
+    run_transaction(engine, lambda session: verify(session.connection(), accounts))
     with _verified_lock:
         _verified.add(key)

@@ -139,8 +139,10 @@ async def _command(args: argparse.Namespace) -> int:
             await client.delete_deployment_schedule(deployment.id, mine[0].id)
             print(f"template {args.name!r} removed")
             return 0
+        tenant_id = mine[0].parameters.get("tenant_id")
         run = await client.create_flow_run_from_deployment(
-            deployment.id, parameters=mine[0].parameters, tags=[f"tenant-{mine[0].parameters.get('tenant_id')}", "template"]
+            deployment.id, parameters=mine[0].parameters, tags=[f"tenant-{tenant_id}", "template"],
+            name=f"{deployment.name}-tenant-{tenant_id}",
         )
         print(f"template {args.name!r}: flow run {run.name} ({run.id})")
         return 0

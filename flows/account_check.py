@@ -27,7 +27,7 @@ TASK_TYPE = "account_check"
 
 @batch_flow(TASK_TYPE)
 async def account_check(
-    tenant_id: TenantId = None,
+    tenant_id: TenantId,
     account_ids: AccountIds = None,
     task_name: TaskName = None,
     create_admin_id: CreateAdminId = 0,

@@ -30,8 +30,8 @@ from batchcore.settings import get_settings
 from batchlib.batch_types import get_batch_type
 from batchlib.task_data import items_from_file, validate_request
 from batchlib.validation import check_admin_id, check_task_name
-from db import get_engine, run_transaction
-from db.failures import failed_details
+from db import get_batch, get_engine, run_transaction
+from db.failures import failed_details, retry_items
 
 __all__ = [
     "OneLineParser", "base_parser", "id_list", "run_cli", "run_items_cli", "quiet_prefect", "drain_ephemeral_api",
@@ -110,13 +110,31 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
     return None
 
 
+def _tenant_problem(parameters: dict[str, Any]) -> str | None:
+    """Every run names its tenant (the UI's form requires it): ``--resume`` / ``--retry-failed``
+    without ``--tenant-id`` take the tenant of the batch they name, read here."""
+    if parameters.get("tenant_id") is not None:
+        return None
+    batch_id = next((parameters[k] for k in ("batch_id", "retry_failed_of") if parameters.get(k) is not None), None)
+    if batch_id is None:
+        return "give --tenant-id"
+    try:
+        row = run_transaction(get_engine(), lambda s: get_batch(s, batch_id))
+    except (OperationalError, InterfaceError) as exc:
+        return f"could not read batch {batch_id}: the database is unreachable ({type(exc).__name__})"
+    if row is None or row.delete_time is not None:
+        return f"rejected: batch {batch_id} does not exist"
+    parameters["tenant_id"] = int(row.tenant_id)
+    return None
+
+
 def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     """A new batch's request checked here, read-only, as its run will check it first: a refusal
     is then one line, with no flow run (and none of its log lines) at all."""
     if parameters.get("batch_id") is not None or parameters.get("tenant_id") is None:
         return None  # a resume, or a request the run refuses in one line anyway
-    if parameters.get("retry_failed_of") is not None:
-        return None  # a retry: its items are the old batch's failed ones, checked by the run
+    if parameters.get("retry_failed_of") is not None:  # a retry: the old batch must have ended with failures
+        return _checked(lambda s: retry_items(s, parameters["retry_failed_of"], parameters["tenant_id"], task_type))
     settings = get_settings()
     batch_type = get_batch_type(task_type)
     task_data = {k: parameters[k] for k in batch_type.inputs if parameters.get(k) is not None} or None
@@ -124,22 +142,31 @@ def _request_problem(task_type: str, parameters: dict[str, Any]) -> str | None:
     try:
         if path is not None:
             task_data = {batch_type.staged_as or "items": items_from_file(settings, batch_type, path)}
-        engine = get_engine()
-        run_transaction(engine, lambda s: validate_request(
-            s, batch_type, parameters["tenant_id"], task_data, settings,
-            task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
-        ))
+    except InvalidInput as exc:
+        return f"rejected: {exc}"
+    return _checked(lambda s: validate_request(
+        s, batch_type, parameters["tenant_id"], task_data, settings,
+        task_name=parameters.get("task_name"), create_admin_id=parameters.get("create_admin_id", 0),
+    ))
+
+
+def _checked(check: Callable[[Any], Any]) -> str | None:
+    """A read-only check in one transaction: its refusal as one line, else None (the run reports
+    a database that is down)."""
+    try:
+        run_transaction(get_engine(), check)
     except InvalidInput as exc:
         return f"rejected: {exc}"
     except (OperationalError, InterfaceError):
-        return None  # the run reports the database being down
+        return None
     return None
 
 
 def run_cli(flow_fn: Callable[..., Any], parameters: dict[str, Any], task_type: str | None = None) -> int:
     """Run ``flow_fn`` with ``parameters``; with ``task_type``, a new batch's request is checked
     before the flow run is created."""
-    problem = _parameters_problem(parameters) or (task_type and _request_problem(task_type, parameters))
+    problem = (_parameters_problem(parameters) or _tenant_problem(parameters)
+               or (task_type and _request_problem(task_type, parameters)))
     if problem:
         return refuse(problem)
     quiet_prefect()

@@ -47,6 +47,7 @@ from batchcore.settings import Settings, get_settings
 from batchlib.batch_types import BatchScope, BatchType, get_batch_type
 from batchlib.gc_tuning import quiet_gc
 from batchlib.item_context import ItemContext
+from batchlib.item_processes import ItemProcesses, ItemProcessExited
 from batchlib.kubo_client import KuboClient
 from batchlib.limiter import ResizableLimiter
 from batchlib.locks import Lease, lease_for
@@ -125,10 +126,10 @@ def batch_flow(task_type: str, *, name: str | None = None):
     """The ``@flow`` of batch type ``task_type`` (named after it, e.g. ``account-check``, unless
     ``name`` is given): readable run names, documented parameters, and hooks that mirror a run's
     ending (cancelled, crashed, failed) into its batch row when the runner could not close it."""
-    name = name or get_batch_type(task_type).flow_name
+    batch_type = get_batch_type(task_type)
     decorate = flow(
-        name=name,
-        flow_run_name=batch_run_name(name),
+        name=name or batch_type.flow_name,
+        flow_run_name=batch_run_name(batch_type),
         on_cancellation=[mark_cancelled],
         on_crashed=[mark_crashed],
         on_failure=[mark_failed],
@@ -136,14 +137,19 @@ def batch_flow(task_type: str, *, name: str | None = None):
     return lambda fn: decorate(document_parameters(fn))
 
 
-def batch_run_name(flow_name: str):
-    """Flow-run names that say what runs: ``account-check-tenant-7`` or ``account-check-batch-42``."""
+def batch_run_name(batch_type: BatchType):
+    """A run's name: the one it was created with when someone chose it (the UI's Run form, the
+    dispatcher, ``prefect deployment run --flow-run-name``), so the form's name is the run's;
+    otherwise (a schedule's run, or one this process started from the command line) the
+    type's readable name, ``account-check-tenant-7`` or ``account-check-batch-42``."""
 
     def name() -> str:
+        ctx = FlowRunContext.get()
+        run = ctx.flow_run if ctx else None
+        if run is not None and run.deployment_id is not None and not run.auto_scheduled:
+            return run.name
         params = flow_run.parameters
-        if params.get("batch_id") is not None:
-            return f"{flow_name}-batch-{params['batch_id']}"
-        return f"{flow_name}-tenant-{params.get('tenant_id')}"
+        return batch_type.run_name(params.get("tenant_id"), params.get("batch_id"))
 
     return name
 
@@ -219,6 +225,7 @@ class BatchRun:
         self.limit = ResizableLimiter(1)  # replaced by the key's limit once processing starts
         self.stop_reason: str | None = None
         self.calls = 0  # items handed to the handler (each costs 1 + retries platform calls at most)
+        self.items: ItemProcesses | None = None  # helper processes handling the items, for big batches
         self._chunks: dict[int, list[tuple[int, dict | None]]] = {}
 
     # -- lifecycle
@@ -243,8 +250,8 @@ class BatchRun:
             elif opened.pending == 0:  # nothing left: open_batch closed it
                 counts, status, reason = self._counts(), st.COMPLETED, None
             else:
-                mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
-                status, reason, flushed = await self.process_pending(artifacts, mode)
+                status, reason, flushed = await self.process_pending(artifacts)
+                mode = self.mode
                 counts = await self.close(status, reason)
                 status = counts.pop("status", status)  # the admin panel's cancel has the last word
         summary = BatchSummary(
@@ -275,7 +282,7 @@ class BatchRun:
             self.tenant_id, self.task_data = row.tenant_id, row.task_data
         retry_of = _retry_source(self.task_data)
         if self.tenant_id is None and retry_of is not None:  # a retry runs for the tenant of the batch it retries
-            self.tenant_id = self._tenant_of(retry_of)
+            self.tenant_id = self._tenant_of(retry_of)  # (open_batch refuses a retry of another tenant's batch)
         if self.tenant_id is None:
             raise BatchError("give a tenant id (or the id of a batch to resume)")
         return retry_of
@@ -300,7 +307,13 @@ class BatchRun:
             takeover=request.takeover, collected=collected, collect_error=collect_error, source=self.source,
         )
 
-    async def process_pending(self, artifacts: BatchArtifacts, mode: str) -> tuple[str, str | None, FlushStats]:
+    @property
+    def mode(self) -> str:
+        """How the items run: ``chunks of 250[, 2 item processes]`` or ``task per item``."""
+        mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
+        return mode + (f", {self.settings.item_processes} item processes" if self.items is not None else "")
+
+    async def process_pending(self, artifacts: BatchArtifacts) -> tuple[str, str | None, FlushStats]:
         """Run every pending item; return (final status, reason, mirror stats).
 
         Raises StaleFence / LockLost when another run took the batch over: then we write nothing.
@@ -317,12 +330,12 @@ class BatchRun:
         # are read in a worker thread while the handler's state, the clients and the limit are set up.
         first = asyncio.create_task(self._page(token_store, 0, FIRST_PAGE))
         try:
-            return await self._process(artifacts, mode, token_store, first)
+            return await self._process(artifacts, token_store, first)
         finally:
             await _cancelled(first)  # only when something failed before the feed took it
 
     async def _process(
-        self, artifacts: BatchArtifacts, mode: str, token_store: DbTokenStore, first: asyncio.Task
+        self, artifacts: BatchArtifacts, token_store: DbTokenStore, first: asyncio.Task
     ) -> tuple[str, str | None, FlushStats]:
         opened, settings, mirror = self.opened, self.settings, self.mirror
         state = None
@@ -338,6 +351,14 @@ class BatchRun:
             self.ctx = ItemContext(
                 self.tenant_id, opened.batch_id, self.batch_type.name, settings, self.engine, platform, kubo, state
             )
+            if self._in_item_processes:
+                try:
+                    self.items = await clients.enter_async_context(await ItemProcesses.start(
+                        self.batch_type.name, self.tenant_id, opened.batch_id, settings.item_processes, settings,
+                    ))
+                except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                    self.log.warning("batch %s: the item processes did not start (%s); the items run in this "
+                                     "process", opened.batch_id, exc)
             limits = LimitFollower(self.tenant_id, self.batch_type.name, settings, self.log)
             self.limit = limits.limiter
             # The key's Prefect limit (or the configured default), then polled; meanwhile the mirror
@@ -349,7 +370,7 @@ class BatchRun:
             shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
             self.log.info(
                 "batch %s: %s pending of %s items, %s, at most %s in flight",
-                opened.batch_id, opened.pending, opened.total, mode, limit,
+                opened.batch_id, opened.pending, opened.total, self.mode, limit,
             )
             try:
                 with quiet_gc():  # no stop-the-world collection of Prefect's heap while items run
@@ -429,6 +450,12 @@ class BatchRun:
     def _chunked(self) -> bool:
         return self.opened.pending > self.settings.chunk_threshold
 
+    @property
+    def _in_item_processes(self) -> bool:
+        settings = self.settings
+        return (settings.item_processes > 0 and self.batch_type.runs_in_item_processes and self._chunked
+                and self.opened.pending >= settings.item_processes_min_items)
+
     async def feed(self, token_store: DbTokenStore, first: asyncio.Task) -> None:
         """Hand pending items to task runs page by page, never more than the limit at once.
 
@@ -436,6 +463,7 @@ class BatchRun:
         while the page runs, and a page's credentials are dropped once its last job is done.
         """
         settings = self.settings
+        outage_stop = f"database unavailable for {settings.db_outage_budget_s:g}s"
         in_flight: set[asyncio.Task] = set()
         # Enough chunks in flight to keep every slot of the limit busy, and no more (the limit may
         # change while the batch runs: the chunk slots follow it).
@@ -447,13 +475,26 @@ class BatchRun:
                 try:
                     page = await reading
                 except DatabaseUnavailable:
-                    self.stop(f"database unavailable for {settings.db_outage_budget_s:g}s")
+                    self.stop(outage_stop)
                     break
                 reading = None
                 if len(page) == size:  # maybe more: read the next page while this one runs
                     size = min(PAGE, size * 4)
                     reading = asyncio.create_task(self._page(token_store, page[-1][0], size))
-                jobs = _PageJobs([i for i, _ in page], token_store if self.batch_type.uses_platform else None)
+                ids = [i for i, _ in page]
+                if self.batch_type.uses_platform and self._in_item_processes:  # _page left the credentials alone
+                    if self.items is not None:  # helper processes read the page's credentials themselves
+                        self.items.preload(ids)
+                    else:  # they did not start: the items run here
+                        try:
+                            await self.outage.wait_out(
+                                self.opened.batch_id, "loading credentials", lambda: token_store.preload(ids),
+                                blocking=True,
+                            )
+                        except DatabaseUnavailable:
+                            self.stop(outage_stop)
+                            break
+                jobs = _PageJobs(ids, (self.items or token_store) if self.batch_type.uses_platform else None)
                 if self._chunked:
                     for start in range(0, len(page), settings.chunk_size):
                         part = page[start : start + settings.chunk_size]
@@ -490,7 +531,7 @@ class BatchRun:
             lambda: run_transaction(self.engine, lambda s: pending_items(s, batch_id, after, size)),
             blocking=True,
         )
-        if page and self.batch_type.uses_platform:
+        if page and self.batch_type.uses_platform and not self._in_item_processes:
             ids = [i for i, _ in page]
             await self.outage.wait_out(batch_id, "loading credentials", lambda: token_store.preload(ids), blocking=True)
         return page
@@ -535,13 +576,16 @@ class BatchRun:
         if self.stopped:
             return None
         self.calls += 1
-        try:
-            outcome = await self.batch_type.handle(self.ctx, item_id, item_data)
-        except ServiceError as exc:
-            outcome = ItemOutcome.failed(item_id, exc.reason)
-        except Exception as exc:  # a handler bug must not sink the batch
-            log.exception("item %s of batch %s failed unexpectedly", item_id, self.ctx.batch_id)
-            outcome = ItemOutcome.failed(item_id, f"internal error: {type(exc).__name__}")
+        if self.items is None:
+            outcome = await self.batch_type.outcome_of(self.ctx, item_id, item_data)
+        else:
+            try:
+                outcome = await self.items.handle(item_id, item_data)
+            except ItemProcessExited:
+                outcome = None
+            if outcome is None:  # its helper process exited: the item stays pending, like a killed worker's
+                self.stop("internal error: an item process exited (its items in flight stay pending)")
+                return None
         self.mirror.add(outcome)
         return outcome
 
@@ -566,7 +610,7 @@ class _PageJobs:
 
     __slots__ = ("ids", "running", "handed_out", "store")
 
-    def __init__(self, ids: list[int], store: DbTokenStore | None) -> None:
+    def __init__(self, ids: list[int], store: DbTokenStore | ItemProcesses | None) -> None:
         self.ids, self.store, self.running, self.handed_out = ids, store, 0, False
 
     def started(self) -> None:

@@ -18,7 +18,7 @@ TASK_TYPE = "bio_change"
 
 @batch_flow(TASK_TYPE)
 async def bio_change(
-    tenant_id: TenantId = None, items: Items = None, task_name: TaskName = None, create_admin_id: CreateAdminId = 0,
+    tenant_id: TenantId, items: Items = None, task_name: TaskName = None, create_admin_id: CreateAdminId = 0,
     batch_id: BatchId = None, takeover: Takeover = False, items_file: ItemsFile = None,
     retry_failed_of: RetryFailedOf = None,
 ):

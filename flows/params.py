@@ -2,9 +2,10 @@
 
 Each alias carries a description and an example (pydantic ``Field`` metadata), which Prefect
 puts in the deployment's parameter schema: the form shows them under each field. Every
-parameter has a default, because a run may name its batch either way: ``tenant_id`` (a new
-batch) or ``batch_id`` (a row the admin panel inserted, or one to resume); the descriptions
-say which combination is needed, and a run without either is refused in one line.
+parameter but ``tenant_id`` has a default, so the form marks exactly one field required: every
+run names its tenant, a new batch with its items, an existing row (``batch_id``: one the admin
+panel inserted, or one to resume) or a retry (``retry_failed_of``) with the row's id, and the
+run refuses a row of another tenant in one line.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ __all__ = [
     "TaskName", "TenantId", "document_parameters",
 ]
 
-TenantId = Annotated[int | None, Field(
-    description="Tenant whose accounts the batch works on. Needed for a new batch; "
-                "leave empty when batch_id names an existing batch.",
+TenantId = Annotated[int, Field(
+    description="Tenant whose accounts the batch works on. With batch_id or retry_failed_of: the tenant "
+                "of that batch (a batch of another tenant is refused).",
     examples=[7],
 )]
 AccountIds = Annotated[list[int] | None, Field(

@@ -17,7 +17,7 @@ TASK_TYPE = "pin_sync"
 
 @batch_flow(TASK_TYPE)
 async def pin_sync(
-    tenant_id: TenantId = None,
+    tenant_id: TenantId,
     task_name: TaskName = None,
     create_admin_id: CreateAdminId = 0,
     batch_id: BatchId = None,

@@ -18,7 +18,7 @@ A reaped running batch is ``failed`` with the reason; then, up to ``BATCH_AUTO_R
 times per batch (default 3, 0: never), a new deployment run of its type resumes it on any
 worker (only its pending items are processed) and its ``error_message`` reads
 ``auto-resume <n>/<max> after: <reason>``. Past the maximum it stays failed with the hint
-to resume it by hand: ``prefect deployment run '<type deployment>' -p batch_id=ID``.
+to resume it by hand: ``prefect deployment run '<type deployment>' -p tenant_id=T -p batch_id=ID``.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ __all__ = ["reaper", "reap_once", "auto_resume_once", "resume_hint"]
 RESUME_RUN_GRACE_S = 60  # a resume run that has not claimed its batch after this is checked for an ending
 
 
-def resume_hint(batch_id: int, task_type: str | None = None) -> str:
+def resume_hint(batch_id: int, task_type: str | None = None, tenant_id: int | None = None) -> str:
     deployment = deployment_for(task_type or "") if task_type else None
-    if deployment:
-        return f"resume: prefect deployment run '{deployment}' -p batch_id={batch_id}"
-    return f"resume with a run of its deployment with batch_id={batch_id}"
+    if deployment and tenant_id is not None:
+        return f"resume: prefect deployment run '{deployment}' -p tenant_id={tenant_id} -p batch_id={batch_id}"
+    return f"resume with a run of its deployment with tenant_id and batch_id={batch_id}"
 
 
 def reap_once(
@@ -80,7 +80,8 @@ def reap_once(
         ending = flow_run_ending(batch.flow_run_id)
         if ending is None:
             continue
-        hint = resume_hint(batch.batch_id, _type_of(batch.batch_id))
+        row = _batch_row(batch.batch_id)
+        hint = resume_hint(batch.batch_id, row and row.task_type, row and int(row.tenant_id))
         reason = f"flow run {batch.flow_run_id} {ending} and left the batch running; {hint}"
         if reap_gone_run(batch.batch_id, batch.fence, reason):
             gone.append(batch.batch_id)
@@ -89,7 +90,7 @@ def reap_once(
         stale = reap_stale_batches(
             stale_after,
             f"no heartbeat for {stale_after}s (its worker or host is gone); "
-            "resume: a run of this type's deployment with batch_id set to this batch's id",
+            "resume: a run of this type's deployment with tenant_id and batch_id set to this batch's",
         )
     if gone or stale:
         get_run_logger().warning("reaped: %s gone, %s stale", gone, stale)
@@ -125,10 +126,8 @@ def auto_resume_once(max_attempts: int, deployments: dict[str, str] | None = Non
     return started
 
 
-def _type_of(batch_id: int) -> str | None:
-    engine = get_engine()
-    row = run_transaction(engine, lambda s: get_batch(s, batch_id))
-    return row.task_type if row is not None else None
+def _batch_row(batch_id: int):
+    return run_transaction(get_engine(), lambda s: get_batch(s, batch_id))
 
 
 @flow(name="reaper")

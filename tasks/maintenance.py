@@ -140,6 +140,7 @@ def _start_batch(deployment: str, batch_id: int, tenant_id: int, idempotency_key
     flow_run = run_deployment(
         deployment,
         parameters={"batch_id": batch_id, "tenant_id": tenant_id},
+        flow_run_name=f"{_flow_of(deployment)}-batch-{batch_id}",
         timeout=0,
         as_subflow=False,  # cancelling a maintenance run must not cancel the batches it started
         idempotency_key=idempotency_key,
@@ -324,9 +325,15 @@ def start_tenant_run(deployment: str, tenant_id: int, parameters: dict[str, Any]
     flow_run = run_deployment(
         deployment,
         parameters={"tenant_id": tenant_id, **parameters},
+        flow_run_name=f"{_flow_of(deployment)}-tenant-{tenant_id}",
         timeout=0,
         as_subflow=False,
         idempotency_key=idempotency_key,
         tags=["nightly", f"tenant-{tenant_id}"],
     )
     return str(flow_run.id)
+
+
+def _flow_of(deployment: str) -> str:
+    """``account-check`` of ``account-check/account-check``: a run's name starts with its flow's."""
+    return deployment.split("/", 1)[0]

@@ -26,7 +26,6 @@ per node when every tenant has its own node.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,7 @@ from sqlalchemy.orm import Session
 from batchcore.errors import InvalidItems, KuboError, KuboUnavailable, PinNotFound
 from batchcore.outcomes import ItemOutcome
 from batchcore.settings import Settings
-from batchlib.backoff import full_jitter
+from batchlib.backoff import RetriesExhausted
 from batchlib.batch_types import BatchScope, BatchType, Item, register
 from batchlib.item_context import ItemContext
 from batchlib.kubo_client import KuboClient
@@ -78,16 +77,15 @@ def parse(session: Session, tenant_id: int, task_data: Mapping[str, Any], settin
 
 
 async def collect(settings: Settings, tenant_id: int, task_data: Mapping[str, Any]) -> list[Item]:
+    def relist(exc: BaseException, pause: float) -> None:
+        log.warning("pin/ls of tenant %s broke (%s); listing again", tenant_id, getattr(exc, "reason", exc))
+
     async with KuboClient.from_settings(settings, tenant_id) as kubo:
-        for attempt in range(settings.http_max_retries + 1):
-            try:
-                pins = await kubo.list_pins(PIN_TYPE)
-                break
-            except KuboUnavailable as exc:  # a broken stream: list again from the start
-                if attempt == settings.http_max_retries:
-                    raise
-                log.warning("pin/ls of tenant %s broke (%s); listing again", tenant_id, exc.reason)
-                await asyncio.sleep(full_jitter(attempt, settings.http_backoff_base_s, settings.http_backoff_max_s))
+        try:  # a broken stream (KuboUnavailable): list again from the start
+            pins = await kubo.retry.retrying(lambda: kubo.list_pins(PIN_TYPE), transient=KuboUnavailable,
+                                             on_retry=relist)
+        except RetriesExhausted as spent:
+            raise spent.last from None  # type: ignore[misc]  # the last KuboUnavailable, as before
     return keyed([pin.cid for pin in pins])
 
 

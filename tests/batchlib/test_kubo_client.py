@@ -13,6 +13,7 @@ import pytest
 
 from batchcore.errors import KuboRejected, KuboUnavailable, PlatformError
 from batchcore.settings import Settings
+from batchlib.backoff import RetryPolicy
 from batchlib.kubo_client import KuboClient, PinNotFound, PinRef, PinStat
 from simulators.kubo import KuboSimulator, make_cid
 
@@ -32,8 +33,8 @@ def kubo() -> Iterator[KuboSimulator]:
         yield sim
 
 
-def client_for(url: str, **options: object) -> KuboClient:
-    return KuboClient(url, backoff_base=0, **options)  # type: ignore[arg-type]
+def client_for(url: str, max_retries: int = 3, **options: object) -> KuboClient:
+    return KuboClient(url, retry=RetryPolicy(max_retries, base=0), **options)  # type: ignore[arg-type]
 
 
 def pool_is_idle(client: KuboClient) -> bool:

@@ -20,6 +20,7 @@ from batchcore.errors import (
     TokenRefreshFailed,
 )
 from batchcore.settings import Settings
+from batchlib.backoff import RetryPolicy
 from batchlib.http_wire import Reply
 from batchlib.platform_client import AccountState, Credentials, InMemoryTokenStore, PlatformClient
 from tests.support.wire import Handler, ScriptedWire, Sent, reply, sequence
@@ -31,7 +32,8 @@ NEW_ACCESS, NEW_REFRESH = "at_secret_access_0002", "rt_secret_refresh_0002"
 ME = {"uid": "u7-000001", "status": "alive", "nickname": "bob", "avatar_url": None}
 
 class Harness:
-    """A client on a scripted wire whose sleeps are recorded instead of slept."""
+    """A client on a scripted wire whose sleeps are recorded instead of slept; ``options`` named
+    like a ``RetryPolicy`` field go to its policy, the others to the client."""
 
     def __init__(self, handler: Handler, **options: Any) -> None:
         self.wire = ScriptedWire(handler)
@@ -44,12 +46,12 @@ class Harness:
             self.sleeps.append(seconds)
             await asyncio.sleep(0)
 
+        retry = {name: options.pop(name) for name in ("max_retries", "base", "cap", "retry_after_max") if name in options}
         self.client = PlatformClient(
             "http://platform.test",
             self.store,
             wire=self.wire,
-            sleep=fake_sleep,
-            rng=random.Random(1),
+            retry=RetryPolicy(**retry, rng=random.Random(1), sleep=fake_sleep),
             **options,
         )
 
@@ -98,7 +100,7 @@ def test_retry_after_is_capped_and_garbage_falls_back_to_backoff() -> None:
             ok(),
         ),
         retry_after_max=30,
-        backoff_base=0.2,
+        base=0.2,
     )
     h.run(lambda c: c.get_me(1))
     assert h.sleeps[0] == 30
@@ -124,7 +126,7 @@ def test_5xx_past_the_budget_is_unavailable() -> None:
     h = Harness(sequence(reply(502, text="<html>bad gateway</html>")), max_retries=3)
     with pytest.raises(PlatformUnavailable) as info:
         h.run(lambda c: c.get_me(1))
-    assert h.client.attempts == 4 == h.client.max_retries + 1
+    assert h.client.attempts == 4 == h.client.retry.attempts
     assert info.value.reason == "platform error (HTTP 502); gave up after 4 attempts"
 
 
@@ -286,7 +288,7 @@ def test_one_client_per_event_loop() -> None:
 def test_from_settings() -> None:
     settings = Settings(platform_url="http://sim.test:8900", http_max_retries=5, http_max_body_bytes=1234)
     client = PlatformClient.from_settings(settings, InMemoryTokenStore())
-    assert client.max_retries == 5 and client.max_body_bytes == 1234
+    assert client.retry.max_retries == 5 and client.max_body_bytes == 1234
     assert client.max_requests_per_call == 10
     asyncio.run(client.aclose())
 

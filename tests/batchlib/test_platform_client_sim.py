@@ -17,6 +17,7 @@ from batchcore.errors import (
     PlatformUnavailable,
     TokenRefreshFailed,
 )
+from batchlib.backoff import RetryPolicy
 from batchlib.platform_client import AccountState, InMemoryTokenStore, PlatformClient
 from simulators.account_platform import Knobs, PlatformSimulator
 from tests.support.services import settle
@@ -58,7 +59,7 @@ class World:
         return next(i for i in sorted(self.uid) if self.status[i] == "banned")
 
     def run(self, make: Callable[[PlatformClient], Coroutine[Any, Any, Any]], **options: Any) -> tuple[Any, PlatformClient]:
-        options = {"backoff_base": 0.01, "backoff_max": 0.05, **options}
+        options["retry"] = RetryPolicy(options.pop("max_retries", 3), base=0.01, cap=0.05)
 
         async def main() -> tuple[Any, PlatformClient]:
             async with PlatformClient(self.sim.url, self.store, **options) as client:
@@ -142,7 +143,7 @@ def test_5xx_resets_garbage_and_timeouts_are_recovered(world: World) -> None:
 
     state, client = world.run(get_me, max_retries=3, read_timeout=0.2)
     assert state.uid == uid
-    assert client.attempts == 4 <= 1 + client.max_retries
+    assert client.attempts == 4 <= client.retry.attempts
     world.sim.script(uid, "garbage", 503)
     _, client = world.run(lambda c: c.change_nickname(account_id, "neo"))
     assert client.attempts == 3
@@ -160,7 +161,7 @@ def test_random_5xx_within_the_budget(world: World) -> None:
     assert not [r for r in results if isinstance(r, Exception)]
     assert world.sim.stats()["total"] == client.attempts
     for account_id in ids:
-        assert len(world.sim.calls(uid=world.uid[account_id])) <= 1 + client.max_retries
+        assert len(world.sim.calls(uid=world.uid[account_id])) <= client.retry.attempts
 
 
 @pytest.mark.parametrize(
@@ -295,7 +296,7 @@ def test_a_configured_proxy_carries_every_request(world: World) -> None:
     unreachable = "http://platform.invalid:8900"
 
     async def via(proxy: str | None) -> Any:
-        async with PlatformClient(unreachable, world.store, proxy=proxy, max_retries=0) as client:
+        async with PlatformClient(unreachable, world.store, proxy=proxy, retry=RetryPolicy(0)) as client:
             return await client.get_me(account_id)
 
     assert asyncio.run(via(world.sim.url)).uid == world.uid[account_id]

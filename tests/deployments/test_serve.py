@@ -31,14 +31,14 @@ def test_served_entrypoint_loads_the_flow_of_its_module(spec: DeploymentSpec, mo
 
 def test_item_flows_keep_typed_parameters() -> None:
     """The items types' run forms in the UI: ``items`` is a list of objects, ids are integers."""
-    items_types = [s for s in SPECS if s.entrypoint.split(":")[1] in ("nickname_change", "avatar_change", "add_friend")]
-    assert len(items_types) == 3
+    items_types = [s for s in SPECS if s.entrypoint.split(":")[1] in ("nickname_change", "avatar_change", "add_friend", "bio_change")]
+    assert len(items_types) == 4
     for spec in items_types:
         schema = load_flow_from_entrypoint(str(REPO_ROOT / spec.entrypoint)).parameters.model_dump()
         props = schema["properties"]
         assert set(props) == {
             "tenant_id", "items", "items_file", "task_name", "create_admin_id", "batch_id", "takeover", "retry_failed_of",
         }
-        assert {"type": "integer"} in props["tenant_id"]["anyOf"]
+        assert props["tenant_id"]["type"] == "integer" and schema["required"] == ["tenant_id"]
         assert any(v.get("type") == "array" and v["items"].get("type") == "object" for v in props["items"]["anyOf"])
         assert props["takeover"]["type"] == "boolean"

@@ -31,10 +31,12 @@ async def both_tenants():
     return await asyncio.gather(*(account_check(tenant_id=t, return_state=True) for t in TENANTS))
 
 
-def test_idle_connections_killed_every_second(fault_env: FaultEnv, configure, leak_check) -> None:
+@pytest.mark.parametrize("item_processes", [0, 2], ids=["in-the-run", "in-item-processes"])
+def test_idle_connections_killed_every_second(fault_env: FaultEnv, configure, leak_check, item_processes) -> None:
     """Another session KILLs every idle connection of the test database each second: >= 2 rounds
-    with kills, both batches complete, counters == recount, 0 items called twice, 0 tokens leaked."""
-    configure(concurrency=10)
+    with kills, both batches complete, counters == recount, 0 items called twice, 0 tokens leaked;
+    also with the items handled by helper processes (each with its own connections)."""
+    configure(concurrency=10, item_processes=item_processes, item_processes_min_items=0)
     fault_env.sim.configure(latency_ms=10)
     fault_env.seed_canaries(TENANTS)
     admin = mysql_admin()

@@ -322,11 +322,11 @@ def test_admin_rows_started_by_batch_id_fail_alone(fuzz_env: FaultEnv, task_data
     """A hostile panel row started directly (the UI's batch_id, no dispatcher): the run fails the
     row with a one-line reason and writes nothing else; a good row of another tenant then runs."""
     bad = fuzz_env.insert_pending(TENANT, "account_check", task_data)
-    state = run(account_check(batch_id=bad, return_state=True))
+    state = run(account_check(tenant_id=TENANT, batch_id=bad, return_state=True))
     assert state.is_failed() and reason in state.message, state.message
     row = fuzz_env.batch(bad)
     assert row["task_status"] == "failed" and reason in row["error_message"], row["error_message"]
     assert_clear(row["error_message"])
     assert fuzz_env.sim.stats()["total"] == 0
     good = fuzz_env.insert_pending(OTHER, "account_check", {"account_ids": FOREIGN[:2]})
-    assert run(account_check(batch_id=good, return_state=True)).is_completed()
+    assert run(account_check(tenant_id=OTHER, batch_id=good, return_state=True)).is_completed()

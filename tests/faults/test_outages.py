@@ -163,7 +163,7 @@ def test_mariadb_down_past_the_outage_budget(outage_env: FaultEnv, private_maria
     # intervals: one between flushes, one for the flush's own transaction) and during the outage.
     unflushed = {c["uid"] for c in outage_env.sim.calls() if c["end"] >= marks["stopping"] - 2 * 0.2}
 
-    resumed = run(account_check(batch_id=batch_id, return_state=True))
+    resumed = run(account_check(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert resumed.is_completed(), resumed.message
     outage_env.assert_invariants(batch_id, expect_total=1000)

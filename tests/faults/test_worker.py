@@ -113,7 +113,7 @@ def test_sigkill_at_30_percent_reaper_then_resume(fault_env: FaultEnv, tmp_path:
     while r.exists(lease_key(fault_env.redis_prefix, 7, "account_check")) and time.monotonic() < deadline:
         time.sleep(0.1)
 
-    state = run(account_check(batch_id=batch_id, return_state=True))
+    state = run(account_check(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_completed(), state.message
     fault_env.assert_invariants(batch_id, expect_total=1000)

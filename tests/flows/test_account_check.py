@@ -119,8 +119,8 @@ def test_takeover_claims_a_batch_its_dead_run_left_running(batch_env: BatchEnv) 
     batch_id = kill_a_run_midway(batch_env, after=30)
     fence = batch_env.sql("SELECT fence FROM la_batch_run WHERE task_id = :b", b=batch_id)[0].fence
 
-    refused = run(account_check(batch_id=batch_id, return_state=True))
-    taken = run(account_check(batch_id=batch_id, takeover=True, return_state=True))
+    refused = run(account_check(tenant_id=7, batch_id=batch_id, return_state=True))
+    taken = run(account_check(tenant_id=7, batch_id=batch_id, takeover=True, return_state=True))
 
     assert refused.is_failed() and "is running and cannot be started" in refused.message
     assert taken.is_completed(), taken.message
@@ -139,7 +139,7 @@ def test_resume_after_a_killed_run_calls_only_unfinished_items(batch_env: BatchE
     fence = batch_env.sql("SELECT fence FROM la_batch_run WHERE task_id = :b", b=batch_id)[0].fence
     assert run_transaction(batch_env.engine, lambda s: mark_failed_unowned(s, batch_id, fence, "worker died"))
 
-    state = run(account_check(batch_id=batch_id, return_state=True))
+    state = run(account_check(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_completed(), state.message
     batch_env.assert_consistent(batch_id)
@@ -212,8 +212,7 @@ def test_cancellation_mid_batch(batch_env: BatchEnv, configure, how: str) -> Non
         ({"tenant_id": 7, "account_ids": []}, "account_ids is empty"),
         ({"tenant_id": 7, "account_ids": [700001, 700001]}, "duplicate account ids: 700001"),
         ({"tenant_id": -3}, "tenant id must be between 1"),
-        ({"batch_id": 4242}, "batch 4242 does not exist"),
-        ({}, "give a tenant id"),
+        ({"tenant_id": 7, "batch_id": 4242}, "batch 4242 does not exist"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(batch_env: BatchEnv, params: dict, message: str) -> None:
@@ -225,7 +224,6 @@ def test_bad_input_is_refused_and_writes_nothing(batch_env: BatchEnv, params: di
     assert message in state.message
     assert batch_ids(batch_env) == []
     assert batch_env.sim.stats()["total"] == 0
-
 
 
 def test_a_whole_tenant_check_inserts_its_detail_rows_in_the_database(batch_env: BatchEnv) -> None:
@@ -257,6 +255,22 @@ def test_a_whole_tenant_check_inserts_its_detail_rows_in_the_database(batch_env:
     assert refused.is_failed() and "tenant 8 has no items to process" in refused.message
     assert batch_ids(batch_env) == [batch_id]
 
+
+def test_a_run_names_its_tenant_and_a_row_of_another_tenant_is_refused(batch_env: BatchEnv) -> None:
+    """tenant_id is required (the UI's form marks it so); with batch_id it must be the row's tenant."""
+    from prefect.exceptions import ParameterBindError
+
+    batch_env.seed({7: 3, 8: 3})
+    row = batch_env.insert_pending(7, "account_check", {"account_ids": [700001]})
+
+    with pytest.raises(ParameterBindError, match="tenant_id"):
+        account_check(batch_id=row)
+    refused = run(account_check(tenant_id=8, batch_id=row, return_state=True))
+
+    assert refused.is_failed() and f"batch {row} belongs to tenant 7, not tenant 8" in refused.message
+    assert batch_env.batch(row)["task_status"] == "pending" and batch_env.sim.stats()["total"] == 0
+    assert run(account_check(tenant_id=7, batch_id=row, return_state=True)).is_completed()
+
 def test_cli_exit_codes_and_one_line_errors(batch_env: BatchEnv) -> None:
     batch_env.seed({7: 5})
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -272,5 +286,11 @@ def test_cli_exit_codes_and_one_line_errors(batch_env: BatchEnv) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "error: rejected: unknown tenant 99: it has no accounts"
     assert "Traceback" not in bad.stderr
+    # --resume without --tenant-id takes the row's tenant; an unknown row is one line, exit 2.
+    row = batch_env.insert_pending(7, "account_check", {"account_ids": [700001, 700002]})
+    resumed = cli("--resume", str(row))
+    assert resumed.returncode == 0 and f"batch {row} (account_check, tenant 7) completed" in resumed.stdout, resumed.stderr
+    unknown = cli("--resume", "4242")
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "error: rejected: batch 4242 does not exist"
     usage = cli("--account-ids", "1,x")
     assert usage.returncode == 2 and "comma-separated integer ids" in usage.stderr

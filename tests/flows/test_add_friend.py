@@ -93,7 +93,7 @@ def test_cancel_then_resume_logs_each_request_once(batch_env: BatchEnv, configur
     batch_id, state = batch_env.cancel_from_panel(add_friend(tenant_id=7, items=items, return_state=True), after=10)
     assert state.is_cancelled(), state.message
 
-    resumed = run(add_friend(batch_id=batch_id, return_state=True))
+    resumed = run(add_friend(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert resumed.is_completed(), resumed.message
     batch_env.assert_consistent(batch_id)

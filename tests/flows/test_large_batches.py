@@ -84,7 +84,7 @@ def test_10000_items_staged_by_the_panel_in_sql(batch_env: BatchEnv) -> None:
                  for i in IDS[start : start + 1000]],
             )
 
-    state = run(nickname_change(batch_id=batch_id, tenant_id=7, return_state=True))
+    state = run(nickname_change(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_completed(), state.message
     row = assert_done(batch_env, batch_id, N)
@@ -109,7 +109,7 @@ def test_bad_staged_rows_fail_their_batch_without_a_call(batch_env: BatchEnv, ta
         batch_env.sql("INSERT INTO la_batch_task_detail (task_id, item_id, item_data, status, create_time,"
                       " update_time) VALUES (:b, :i, :d, 'pending', 0, 0)", b=batch_id, i=item_id, d=json.dumps(data))
 
-    state = run(nickname_change(batch_id=batch_id, return_state=True))
+    state = run(nickname_change(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_failed() and reason in state.message, state.message
     row = batch_env.batch(batch_id)
@@ -127,7 +127,7 @@ def test_stage_items_command_then_a_run_by_batch_id(batch_env: BatchEnv, tmp_pat
     assert row["task_status"] == "pending" and json.loads(row["task_data"]) == {"items_count": 50, "source": "staged:ids.txt"}
     assert batch_env.sql("SELECT COUNT(*) FROM la_batch_task_detail WHERE task_id = :b", b=batch_id)[0][0] == 50
 
-    state = run(account_check(batch_id=batch_id, return_state=True))
+    state = run(account_check(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_completed(), state.message
     batch_env.assert_consistent(batch_id)

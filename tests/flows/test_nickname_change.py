@@ -96,7 +96,7 @@ def test_admin_panel_row_with_bad_items_is_marked_failed(batch_env: BatchEnv) ->
     batch_env.seed({7: 3})
     batch_id = batch_env.insert_pending(7, "nickname_change", {"items": [{"account_id": 700001, "nickname": "a\tb"}]})
 
-    state = run(nickname_change(batch_id=batch_id, return_state=True))
+    state = run(nickname_change(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_failed()
     row = batch_env.batch(batch_id)
@@ -116,7 +116,7 @@ def test_cancel_then_resume_applies_each_item_once(batch_env: BatchEnv, configur
     done_before = {i for i, (s, _, _) in items_of(batch_env, batch_id).items() if s != "pending"}
     assert 10 <= len(done_before) < 120
 
-    resumed = run(nickname_change(batch_id=batch_id, return_state=True))
+    resumed = run(nickname_change(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert resumed.is_completed(), resumed.message
     batch_env.assert_consistent(batch_id)

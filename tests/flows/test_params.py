@@ -9,13 +9,14 @@ from prefect.utilities.callables import parameter_schema
 from flows.account_check import account_check
 from flows.add_friend import add_friend
 from flows.avatar_change import avatar_change
+from flows.bio_change import bio_change
 from flows.nickname_change import nickname_change
 from flows.pin_sync import pin_sync
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("flow", [account_check, nickname_change, avatar_change, add_friend, pin_sync],
+@pytest.mark.parametrize("flow", [account_check, nickname_change, avatar_change, add_friend, bio_change, pin_sync],
                          ids=lambda f: f.name)
 def test_every_parameter_is_described_for_the_run_form(flow) -> None:
     schema = parameter_schema(flow.fn).model_dump()
@@ -25,5 +26,6 @@ def test_every_parameter_is_described_for_the_run_form(flow) -> None:
         assert len(prop.get("description") or "") > 20, name
     assert properties["tenant_id"]["examples"] == [7]
     assert properties["create_admin_id"]["default"] == 0 and "operator via Prefect" in properties["create_admin_id"]["description"]
-    # tenant_id or batch_id names the batch: neither is required on its own.
-    assert schema.get("required", []) == []
+    # Every run names its tenant (with batch_id too, checked against the row): the one required field.
+    assert schema.get("required", []) == ["tenant_id"]
+    assert properties["tenant_id"]["type"] == "integer" and "default" not in properties["tenant_id"]

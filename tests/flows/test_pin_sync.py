@@ -105,7 +105,7 @@ def test_node_going_away_mid_stream_fails_the_batch_and_a_resume_lists_again(
     assert pins(batch_env) == {"bafyoldpinnolongeronthenode": ("present", 1, 100)}  # nothing removed
 
     kubo.configure(die_after_lines=None)
-    resumed = run(pin_sync(batch_id=batch_id, return_state=True))
+    resumed = run(pin_sync(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert resumed.is_completed(), resumed.message
     batch_env.assert_consistent(batch_id)
@@ -143,7 +143,7 @@ def test_cancel_then_resume_stats_each_pin_once(batch_env: BatchEnv, kubo: KuboS
     batch_env.assert_consistent(batch_id)
     assert pins(batch_env)["bafyoldpinnolongeronthenode"][0] == "present"  # incomplete: nothing removed
 
-    resumed = run(pin_sync(batch_id=batch_id, return_state=True))
+    resumed = run(pin_sync(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert resumed.is_completed(), resumed.message
     batch_env.assert_consistent(batch_id)
@@ -156,7 +156,7 @@ def test_cancel_then_resume_stats_each_pin_once(batch_env: BatchEnv, kubo: KuboS
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({"tenant_id": 99}, "unknown tenant 99"), ({}, "give a tenant id"), ({"batch_id": 5}, "batch 5 does not exist")],
+    [({"tenant_id": 99}, "unknown tenant 99"), ({"tenant_id": 7, "batch_id": 5}, "batch 5 does not exist")],
 )
 def test_bad_input_is_refused_and_writes_nothing(batch_env: BatchEnv, kubo: KuboSimulator, params, message) -> None:
     batch_env.seed({7: 1})
@@ -171,7 +171,7 @@ def test_admin_panel_row_with_task_data_is_marked_failed(batch_env: BatchEnv, ku
     batch_env.seed({7: 1})
     batch_id = batch_env.insert_pending(7, "pin_sync", {"node": "elsewhere"})
 
-    state = run(pin_sync(batch_id=batch_id, return_state=True))
+    state = run(pin_sync(tenant_id=7, batch_id=batch_id, return_state=True))
 
     assert state.is_failed()
     row = batch_env.batch(batch_id)

@@ -49,7 +49,7 @@ def test_retry_runs_only_the_failed_items_in_a_new_linked_batch(batch_env: Batch
     errors_before = {i: e for i, (_, _, e) in items_of(batch_env, first).items() if i in failed}
     calls_before = batch_env.uid_calls()
 
-    state = run(account_check(retry_failed_of=first, return_state=True))  # the tenant comes from batch `first`
+    state = run(account_check(tenant_id=7, retry_failed_of=first, return_state=True))
 
     assert state.is_completed(), state.message
     second = batch_env.sql("SELECT MAX(id) FROM la_batch_task")[0][0]
@@ -76,7 +76,7 @@ def test_a_panel_row_retries_a_batch(batch_env: BatchEnv) -> None:
     first, failed = failing_batch(batch_env, failing=2)
     row_id = batch_env.insert_pending(7, "account_check", {"retry_failed_of": first})
 
-    state = run(account_check(batch_id=row_id, return_state=True))
+    state = run(account_check(tenant_id=7, batch_id=row_id, return_state=True))
 
     assert state.is_completed(), state.message
     row = batch_env.batch(row_id)
@@ -87,18 +87,18 @@ def test_a_panel_row_retries_a_batch(batch_env: BatchEnv) -> None:
 
 def test_retry_refusals_write_nothing(batch_env: BatchEnv) -> None:
     first, _ = failing_batch(batch_env, failing=1)
-    state = run(account_check(retry_failed_of=first, return_state=True))
+    state = run(account_check(tenant_id=7, retry_failed_of=first, return_state=True))
     assert state.is_completed(), state.message
     clean = batch_env.sql("SELECT MAX(id) FROM la_batch_task")[0][0]
     rows_before = batch_env.sql("SELECT COUNT(*) FROM la_batch_task")[0][0]
     calls_before = batch_env.sim.stats()["total"]
 
     cases = [
-        (account_check(retry_failed_of=clean, return_state=True), f"cannot retry batch {clean}: none of its items failed"),
-        (account_check(retry_failed_of=9999, return_state=True), "batch 9999 does not exist"),
+        (account_check(tenant_id=7, retry_failed_of=clean, return_state=True), f"cannot retry batch {clean}: none of its items failed"),
+        (account_check(tenant_id=7, retry_failed_of=9999, return_state=True), "cannot retry batch 9999: it does not exist"),
         (account_check(tenant_id=8, retry_failed_of=first, return_state=True),
          f"cannot retry batch {first}: it belongs to tenant 7, not tenant 8"),
-        (nickname_change(retry_failed_of=first, return_state=True), "it is a account_check batch, not nickname_change"),
+        (nickname_change(tenant_id=7, retry_failed_of=first, return_state=True), "it is a account_check batch, not nickname_change"),
     ]
     for call, message in cases:
         refused = run(call)

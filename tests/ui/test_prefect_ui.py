@@ -1,5 +1,7 @@
-"""The Prefect UI in a real browser: an operator starts an account check from the deployment's
-Run form and finds its progress and its failed accounts on the flow run's Artifacts tab.
+"""The Prefect UI in a real browser: an operator finds a saved template among the deployment's
+schedules, starts an account check from the Run form (tenant_id its one required field, the
+form's run name kept by the run) and finds its progress and its failed accounts on the flow
+run's Artifacts tab.
 
 Headless Debian Chromium (``/usr/bin/chromium``) driven by playwright's Python package, against
 the session's real ``prefect server start`` and ``python -m deployments.serve`` serving the
@@ -125,18 +127,29 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
         page.set_default_timeout(30_000)
         page.set_default_navigation_timeout(90_000)  # a fresh server serves its UI slowly on a busy machine
         try:
+            saved = subprocess.run(
+                [sys.executable, "-m", "deployments.templates", "add", "--name", "check-7-nightly",
+                 "--type", "account_check", "--tenant-id", str(TENANT), "--cron", "0 3 * * *"],
+                cwd=REPO_ROOT, env=served["env"], capture_output=True, text=True, timeout=120,
+            )
+            assert saved.returncode == 0, saved.stderr
             page.goto(f"{ui}/deployments/deployment/{deployment_id}")
             _log_in_if_asked(page, server, f"{ui}/deployments/deployment/{deployment_id}")
+            # The template is one of the deployment's schedules, under its own name.
+            expect(page.get_by_text("check-7-nightly", exact=True)).to_be_visible()
+            page.screenshot(path=shots / "0-deployment-with-template.png", full_page=True)
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
             page.wait_for_url(re.compile(r"/run"))
             page.wait_for_load_state("networkidle")
-            expect(page.get_by_text("tenant_id (Optional)")).to_be_visible()
+            expect(page.get_by_text("Tenant whose accounts the batch works on", exact=False)).to_be_visible()
             page.screenshot(path=shots / "1-run-form.png", full_page=True)
-            form_text = page.inner_text("body")
-            assert "Tenant whose accounts the batch works on" in form_text  # the parameters' descriptions
-            # tenant_id is ``int | None``: the form shows a type switch (int / None) before a value.
-            page.get_by_role("button", name="int", exact=True).first.click()
+            form_text = page.inner_text("body")  # the parameters' descriptions are on the form
+            # Exactly tenant_id is required: every other parameter is marked optional.
+            assert "tenant_id (Optional)" not in form_text and "tenant_id" in form_text
+            assert "batch_id (Optional)" in form_text and "account_ids (Optional)" in form_text
+            form_run_name = page.locator("input[type=text]").first.input_value()
+            assert form_run_name and "tenant" not in form_run_name, form_run_name  # the form's random name
             page.locator("input[type=number]").first.fill(str(TENANT))
             page.keyboard.press("Tab")
             page.screenshot(path=shots / "2-run-form-filled.png", full_page=True)
@@ -147,8 +160,10 @@ def test_operator_runs_a_batch_and_sees_progress_and_failures(served, tmp_path: 
                                 "the flow run")
             final = _wait(lambda: _final_state(server, flow_run_id), 120, "the batch to finish")
             assert final.is_completed(), final.message
+            assert _run_name(server, flow_run_id) == form_run_name  # the form's name is the run's, start to end
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             page.wait_for_load_state("networkidle")
+            expect(page.get_by_text(form_run_name).first).to_be_visible()
             page.screenshot(path=shots / "3-flow-run.png", full_page=True)
             expect(page.get_by_text("tenant-7", exact=True)).to_be_visible()  # the run's tags
             page.get_by_text("Artifacts", exact=True).click()
@@ -176,6 +191,13 @@ def _flow_runs_of(server, deployment_id: str) -> set[str]:
     with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
     return {str(r.id) for r in runs}
+
+
+def _run_name(server, flow_run_id: str) -> str:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api=server.api_url, auth_string=server.auth_string) as client:
+        return client.read_flow_run(flow_run_id).name
 
 
 def _final_state(server, flow_run_id: str):

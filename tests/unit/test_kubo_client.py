@@ -13,6 +13,7 @@ import pytest
 
 from batchcore.errors import BadKuboResponse, KuboRateLimited, KuboRejected, KuboUnavailable
 from batchcore.settings import Settings
+from batchlib.backoff import RetryPolicy
 from batchlib.http_wire import Reply, StreamBroken
 from batchlib.kubo_client import KuboClient, PinNotFound, PinRef, PinStat
 from simulators.kubo import make_cid
@@ -31,9 +32,9 @@ def anyio_backend() -> str:
 BROKEN = StreamBroken("connection error (truncated or undecodable body)")
 
 
-def mock(handler: Handler, **options: Any) -> tuple[KuboClient, ScriptedWire]:
+def mock(handler: Handler, max_retries: int = 3, **options: Any) -> tuple[KuboClient, ScriptedWire]:
     wire = ScriptedWire(handler, max_body_bytes=options.get("max_body_bytes", 1_000_000))
-    return KuboClient("http://kubo.test", wire=wire, backoff_base=0, **options), wire
+    return KuboClient("http://kubo.test", wire=wire, retry=RetryPolicy(max_retries, base=0), **options), wire
 
 
 def pins_body(*lines: bytes) -> Handler:
