@@ -60,6 +60,16 @@ def pool_of(*procs: FakeProc) -> ItemProcesses:
     return pool
 
 
+async def one_item_each():
+    """Two fake helpers and two items in flight: item 1 on the first, item 2 on the second."""
+    a, b = FakeProc(), FakeProc()
+    pool = pool_of(a, b)
+    first = asyncio.create_task(pool.handle(1, None))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(pool.handle(2, None))
+    return a, b, pool, first, second
+
+
 def test_a_frame_round_trips_and_the_end_of_the_stream_is_none() -> None:
     async def scenario():
         reader = asyncio.StreamReader()
@@ -89,11 +99,7 @@ def test_items_of_one_loop_turn_go_in_one_frame_and_answers_find_their_callers()
 
 def test_items_go_to_the_least_busy_helper_and_preloads_to_every_helper_in_order() -> None:
     async def scenario():
-        a, b = FakeProc(), FakeProc()
-        pool = pool_of(a, b)
-        first = asyncio.create_task(pool.handle(1, None))
-        await asyncio.sleep(0)
-        second = asyncio.create_task(pool.handle(2, None))
+        a, b, pool, first, second = await one_item_each()
         await asyncio.sleep(0)
         pool.preload([1, 2, 3])
         sent_a, sent_b = [await a.sent(), await a.sent()], [await b.sent(), await b.sent()]
@@ -110,11 +116,7 @@ def test_items_go_to_the_least_busy_helper_and_preloads_to_every_helper_in_order
 
 def test_a_helper_that_exits_leaves_its_items_unanswered_and_the_last_one_ends_the_pool() -> None:
     async def scenario():
-        a, b = FakeProc(), FakeProc()
-        pool = pool_of(a, b)
-        lost = asyncio.create_task(pool.handle(1, None))
-        await asyncio.sleep(0)
-        kept = asyncio.create_task(pool.handle(2, None))
+        a, b, pool, lost, kept = await one_item_each()
         await a.sent()
         (_, [(seq, item_id, _)]) = await b.sent()
         a.exit(-9)
