@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -259,9 +260,16 @@ def test_cli_refusals_are_one_line_and_write_nothing(fuzz_env: FaultEnv, tmp_pat
     """Each hostile command line, run as a user would: exit 2, one line on stderr naming the
     problem, no traceback; afterwards 0 rows, 0 platform calls."""
     env = subprocess_env()
-    for module, argv, reason in _cli_cases(tmp_path):
-        done = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True,
+    cases = _cli_cases(tmp_path)
+
+    def run_case(case):
+        module, argv, _ = case
+        return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:  # each command is its own process: ~2 s of imports each
+        runs = list(pool.map(run_case, cases))
+    for (module, argv, reason), done in zip(cases, runs, strict=True):
         shown = f"{module} {' '.join(a[:40] for a in argv)}: {done.stderr[-1500:]}"
         assert done.returncode == 2, shown
         assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, shown
