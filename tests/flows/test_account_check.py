@@ -35,7 +35,8 @@ def batch_ids(env: BatchEnv) -> list[int]:
 
 def test_two_tenants_in_parallel_complete_within_their_limit(batch_env: BatchEnv, configure) -> None:
     configure(concurrency=10)
-    batch_env.sim.configure(latency_ms=40, jitter_ms=10)
+    # 3 s of calls per batch: long enough that the two overlap even when one starts late on a busy host.
+    batch_env.sim.configure(latency_ms=100, jitter_ms=10)
     ids = batch_env.seed({7: 300, 8: 300}, banned_fraction=0.1, seed=3)
 
     async def both():

@@ -6,7 +6,8 @@ Loaded before collection, it makes ``socket.connect`` to the services' ports (33
 4200, and the ports of ``TEST_MYSQL_PORT`` / ``TEST_REDIS_URL``) fail with
 ``ConnectionRefusedError`` and records each attempt; the session fails if there was any, even
 one a test caught. Loopback servers a test starts itself (simulators, a tiny aiohttp app) use
-free ephemeral ports and are allowed: they are not services.
+free ephemeral ports and are allowed: they are not services. It runs the tests in this one
+process (``-n 0``): a refusal counted in a pytest-xdist worker would not reach the session.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def connect_ex(self: socket.socket, address: object) -> int:
 
 socket.socket.connect = connect  # type: ignore[method-assign]
 socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
+    """Before pytest-xdist reads it: no worker processes (pytest.ini asks for two)."""
+    config.option.numprocesses = 0
+    return (yield)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
