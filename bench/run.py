@@ -139,6 +139,7 @@ def _row(n, latency, c, ideal, baseline, flow, before, after) -> dict:
         "flow_vs_baseline": round(baseline["wall_s"] / flow["wall_s"], 3),
         "baseline_cpu_ms_per_item": round(baseline["cpu_s"] * 1000 / n, 3),
         "flow_cpu_ms_per_item": round(flow["cpu_s"] * 1000 / n, 3),
+        "flow_item_processes_cpu_ms_per_item": round(flow.get("children_cpu_s", 0) * 1000 / n, 3),
         "baseline_fixed_s": _round(baseline.get("fixed_s"), 3), "flow_fixed_s": _round(flow.get("fixed_s"), 3),
         "flow_first_item_s": _round(flow.get("first_item_s"), 3),
         "flow_runner_fixed_s": _round(flow.get("runner_fixed_s"), 3),
@@ -164,13 +165,15 @@ def _print_row(row: dict) -> None:
         f"  wall:        baseline {row['baseline_wall_s']}s   flow {row['flow_wall_s']}s\n"
         f"  efficiency:  baseline {row['baseline_efficiency']}   flow {row['flow_efficiency']}"
         f"   (flow/baseline speed {row['flow_vs_baseline']})\n"
-        f"  CPU/item:    baseline {row['baseline_cpu_ms_per_item']} ms   flow {row['flow_cpu_ms_per_item']} ms\n"
+        f"  CPU/item:    baseline {row['baseline_cpu_ms_per_item']} ms   flow {row['flow_cpu_ms_per_item']} ms"
+        f" (+ {row['flow_item_processes_cpu_ms_per_item']} ms in item processes)\n"
         f"  fixed cost:  baseline {row['baseline_fixed_s']}s   flow {row['flow_fixed_s']}s"
         f" (before the first item + after the last; flow's first item at {row['flow_first_item_s']}s;"
         f" {row['flow_runner_fixed_s']}s of it in BatchRun.execute, the rest is Prefect's flow run)\n"
         f"  mirror:      {row['db_statements']} statements, {row['db_round_trips']} round trips"
         f" = {row['db_round_trips_per_item']} per item; {row['mirror_flushes']} flushes,"
-        f" worst lag {row['mirror_max_lag_s']}s\n"
+        f" worst lag {row['mirror_max_lag_s']}s"
+        f"{' (the run: the item processes write their own)' if 'item processes' in str(row['mode']) else ''}\n"
         f"  memory:      flow peak RSS {row['flow_peak_rss_mib']} MiB (baseline {row['baseline_peak_rss_mib']} MiB)\n"
         f"  prefect:     {row['task_runs']} task runs, API database +{row['prefect_db_growth_mib']} MiB",
         flush=True,

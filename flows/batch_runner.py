@@ -201,7 +201,7 @@ async def run_batch_flow(task_type: str, **request: Any) -> State:
 class BatchRun:
     """One batch run in this process: its request, lease, mirror writer, clients, limit and
     stop reason. ``execute`` is the whole lifecycle; item tasks reach the run through
-    ``tasks.items.RUN`` (``process``, ``take_chunk``, ``limit``)."""
+    ``tasks.items.RUN`` (``process``, ``run_chunk``)."""
 
     def __init__(
         self, task_type: str, request: BatchRequest, settings: Settings | None = None,
@@ -354,8 +354,10 @@ class BatchRun:
             if self._in_item_processes:
                 try:
                     self.items = await clients.enter_async_context(await ItemProcesses.start(
-                        self.batch_type.name, self.tenant_id, opened.batch_id, settings.item_processes, settings,
+                        self.batch_type.name, self.tenant_id, opened.batch_id, opened.fence, settings.item_processes,
+                        settings,
                     ))
+                    self.items.on_stop = self._mirror_stop
                 except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
                     self.log.warning("batch %s: the item processes did not start (%s); the items run in this "
                                      "process", opened.batch_id, exc)
@@ -364,10 +366,12 @@ class BatchRun:
             # The key's Prefect limit (or the configured default), then polled; meanwhile the mirror
             # looks for a cancel that came between the claim and now (then nothing starts).
             limit, _ = await asyncio.gather(limits.start(), mirror.check())
+            if self.items is not None:
+                self.items.resize(self.limit.size)
             current = RUN.set(self)  # the item tasks started from here on (copies of this context) find this run
             flusher = asyncio.create_task(mirror.run())
             watcher = asyncio.create_task(self.watch())
-            shower = asyncio.create_task(artifacts.follow(lambda: mirror.stats.moved))
+            shower = asyncio.create_task(artifacts.follow(self._recorded))
             self.log.info(
                 "batch %s: %s pending of %s items, %s, at most %s in flight",
                 opened.batch_id, opened.pending, opened.total, self.mode, limit,
@@ -414,6 +418,8 @@ class BatchRun:
             self.log.warning("batch %s %s", self.opened.batch_id, who)
         self.stop_reason = reason
         self.limit.open()  # waiters (even on a paused limit) wake, see the stop, start nothing
+        if self.items is not None:
+            self.items.stop()
 
     def _mirror_stop(self, reason: str) -> None:
         """A flush found the row cancelled by the admin panel, or the fence stale."""
@@ -426,6 +432,8 @@ class BatchRun:
         while not self.stopped:
             await asyncio.sleep(0.2)
             now = time.monotonic()
+            if self.items is not None:  # the limit may have changed: the helpers' shares follow it
+                self.items.resize(self.limit.size)
             if self.lease.lost:
                 self.stop("lease lost")
             elif mirror.stale:
@@ -441,8 +449,12 @@ class BatchRun:
             if now - last_log >= settings.progress_log_s:
                 last_log = now
                 self.log.info(
-                    "batch %s progress: %s/%s recorded", self.opened.batch_id, mirror.stats.moved, self.opened.pending
+                    "batch %s progress: %s/%s recorded", self.opened.batch_id, self._recorded(), self.opened.pending
                 )
+
+    def _recorded(self) -> int:
+        """Items recorded so far by this run (its mirror and its helper processes')."""
+        return self.mirror.stats.moved + (self.items.moved if self.items is not None else 0)
 
     # -- feeding items
 
@@ -496,9 +508,11 @@ class BatchRun:
                             break
                 jobs = _PageJobs(ids, (self.items or token_store) if self.batch_type.uses_platform else None)
                 if self._chunked:
+                    # One chunk queued ahead; two per helper process (each works on its own share of the limit).
+                    queued = 1 if self.items is None else 2 * self.items.alive
                     for start in range(0, len(page), settings.chunk_size):
                         part = page[start : start + settings.chunk_size]
-                        chunk_slots.resize(-(-self.limit.size // settings.chunk_size) + 1)
+                        chunk_slots.resize(-(-self.limit.size // settings.chunk_size) + queued)
                         await chunk_slots.acquire()
                         if self.stopped:
                             chunk_slots.release()
@@ -576,18 +590,29 @@ class BatchRun:
         if self.stopped:
             return None
         self.calls += 1
-        if self.items is None:
-            outcome = await self.batch_type.outcome_of(self.ctx, item_id, item_data)
-        else:
-            try:
-                outcome = await self.items.handle(item_id, item_data)
-            except ItemProcessExited:
-                outcome = None
-            if outcome is None:  # its helper process exited: the item stays pending, like a killed worker's
-                self.stop("internal error: an item process exited (its items in flight stay pending)")
-                return None
+        outcome = await self.batch_type.outcome_of(self.ctx, item_id, item_data)
         self.mirror.add(outcome)
         return outcome
+
+    async def run_chunk(self, first_id: int) -> dict[str, int]:
+        """The staged chunk's items, each under a slot of the limit, here or in a helper process;
+        counts by status (``not_started``: the batch stopped before the item)."""
+        items = self.take_chunk(first_id)
+        if self.items is not None:
+            try:
+                return await self.items.run_chunk(first_id, items)
+            except ItemProcessExited:  # its items without a recorded outcome stay pending, like a killed worker's
+                self.stop("internal error: an item process exited (its unrecorded items stay pending)")
+                return {"not_started": len(items)}
+
+        async def one(item_id: int, item_data: dict | None) -> ItemOutcome | None:
+            async with self.limit:
+                return await self.process(item_id, item_data)
+
+        counts = {"success": 0, "failed": 0, "skipped": 0, "not_started": 0}
+        for outcome in await asyncio.gather(*(one(i, d) for i, d in items)):
+            counts[outcome.status if outcome else "not_started"] += 1
+        return counts
 
     # -- reads
 

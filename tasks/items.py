@@ -11,7 +11,6 @@ returns a token. Outcomes go to the run's mirror writer as they happen.
 
 from __future__ import annotations
 
-import asyncio
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -20,7 +19,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from batchcore.outcomes import ItemOutcome
-from batchlib.limiter import ResizableLimiter
 from tasks.run_ui import chunk_state, item_state, quiet_returned_failures
 
 __all__ = ["RUN", "ItemRunner", "process_item", "process_chunk"]
@@ -31,11 +29,9 @@ quiet_returned_failures()
 class ItemRunner(Protocol):
     """What the item tasks need of their batch run."""
 
-    limit: ResizableLimiter
-
     async def process(self, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None: ...
 
-    def take_chunk(self, first_id: int) -> list[tuple[int, dict[str, Any] | None]]: ...
+    async def run_chunk(self, first_id: int) -> dict[str, int]: ...
 
 
 RUN: ContextVar[ItemRunner] = ContextVar("batch_run")
@@ -63,16 +59,6 @@ async def process_item(
 )
 async def process_chunk(task_type: str, batch_id: int, first_id: int, last_id: int) -> State:
     """The items the run staged from ``first_id`` to ``last_id``, each under a slot of the
-    (tenant, type) limit; ends with counts by status in its message, Failed if any item failed."""
-    run = RUN.get()
-    items = run.take_chunk(first_id)
-
-    async def one(item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None:
-        async with run.limit:
-            return await run.process(item_id, item_data)
-
-    outcomes = await asyncio.gather(*(one(i, d) for i, d in items))
-    counts: dict[str, int] = {"success": 0, "failed": 0, "skipped": 0, "not_started": 0}
-    for outcome in outcomes:
-        counts[outcome.status if outcome else "not_started"] += 1
-    return chunk_state(counts)
+    (tenant, type) limit (in the run's loop or a helper process); ends with counts by status in
+    its message, Failed if any item failed."""
+    return chunk_state(await RUN.get().run_chunk(first_id))

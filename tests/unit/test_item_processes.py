@@ -1,5 +1,6 @@
 """The run's side of the item-process protocol, against fake helpers (no process, no service):
-frames, coalescing, answers, a helper that exits. The real helpers: tests/flows/test_item_processes.py."""
+frames, chunks to the least busy helper, the limit's shares, progress and stop messages, a
+helper that exits. The real helpers: tests/flows/test_item_processes.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 
 import pytest
 
-from batchcore.outcomes import ItemOutcome
 from batchlib.item_processes import ItemProcesses, ItemProcessExited, _Helper, frame, read_frame
 
 pytestmark = pytest.mark.unit
@@ -37,8 +37,12 @@ class FakeProc:
     async def sent(self):
         return await read_frame(self.stdin.frames)
 
-    def answer(self, *pairs) -> None:
-        self.stdout.feed_data(frame(("done", list(pairs))))
+    def answer(self, *chunks) -> None:
+        """Chunks done: (first id, counts) pairs, in one frame."""
+        self.stdout.feed_data(frame(("done", list(chunks))))
+
+    def tell(self, kind: str, body) -> None:
+        self.stdout.feed_data(frame((kind, body)))
 
     def exit(self, code: int) -> None:
         self.returncode = code
@@ -60,78 +64,96 @@ def pool_of(*procs: FakeProc) -> ItemProcesses:
     return pool
 
 
-async def one_item_each():
-    """Two fake helpers and two items in flight: item 1 on the first, item 2 on the second."""
-    a, b = FakeProc(), FakeProc()
-    pool = pool_of(a, b)
-    first = asyncio.create_task(pool.handle(1, None))
-    await asyncio.sleep(0)
-    second = asyncio.create_task(pool.handle(2, None))
-    return a, b, pool, first, second
+DONE = {"success": 2, "failed": 0, "skipped": 0, "not_started": 0}
+
+
+def items(*ids: int) -> list[tuple[int, None]]:
+    return [(i, None) for i in ids]
 
 
 def test_a_frame_round_trips_and_the_end_of_the_stream_is_none() -> None:
     async def scenario():
         reader = asyncio.StreamReader()
-        reader.feed_data(frame(("items", [(0, 7, {"nickname": "Ann"})])))
+        reader.feed_data(frame(("chunk", (7, [(7, {"nickname": "Ann"})]))))
         reader.feed_eof()
         return await read_frame(reader), await read_frame(reader)
 
-    assert run(scenario()) == (("items", [(0, 7, {"nickname": "Ann"})]), None)
+    assert run(scenario()) == (("chunk", (7, [(7, {"nickname": "Ann"})])), None)
 
 
-def test_items_of_one_loop_turn_go_in_one_frame_and_answers_find_their_callers() -> None:
+def test_chunks_go_to_the_least_busy_helper_and_answers_find_their_callers() -> None:
     async def scenario():
-        proc = FakeProc()
-        pool = pool_of(proc)
-        calls = [asyncio.create_task(pool.handle(i, {"n": i})) for i in (11, 12, 13)]
-        kind, items = await proc.sent()
-        assert kind == "items" and [(i, d) for _, i, d in items] == [(11, {"n": 11}), (12, {"n": 12}), (13, {"n": 13})]
-        seqs = {item_id: seq for seq, item_id, _ in items}
-        proc.answer((seqs[13], ItemOutcome.failed(13, "HTTP 500")), (seqs[11], ItemOutcome.success(11)))
-        proc.answer((seqs[12], ItemOutcome.success(12, status="banned")))
-        return await asyncio.gather(*calls)
-
-    assert run(scenario()) == [
-        ItemOutcome.success(11), ItemOutcome.success(12, status="banned"), ItemOutcome.failed(13, "HTTP 500"),
-    ]
-
-
-def test_items_go_to_the_least_busy_helper_and_preloads_to_every_helper_in_order() -> None:
-    async def scenario():
-        a, b, pool, first, second = await one_item_each()
+        a, b = FakeProc(), FakeProc()
+        pool = pool_of(a, b)
+        big = asyncio.create_task(pool.run_chunk(1, items(1, 2, 3)))
         await asyncio.sleep(0)
-        pool.preload([1, 2, 3])
-        sent_a, sent_b = [await a.sent(), await a.sent()], [await b.sent(), await b.sent()]
-        for proc, sent in ((a, sent_a), (b, sent_b)):
-            proc.answer((sent[0][1][0][0], ItemOutcome.success(sent[0][1][0][1])))
-        await asyncio.gather(first, second)
-        return sent_a, sent_b
+        small = asyncio.create_task(pool.run_chunk(4, items(4, 5)))
+        await asyncio.sleep(0)
+        third = asyncio.create_task(pool.run_chunk(6, items(6)))  # b holds fewer items (2 < 3)
+        sent_a, sent_b = [await a.sent()], [await b.sent(), await b.sent()]
+        b.answer((6, {**DONE, "success": 1}), (4, DONE))
+        a.answer((1, {**DONE, "failed": 1}))
+        return sent_a, sent_b, await asyncio.gather(big, small, third)
+
+    sent_a, sent_b, counts = run(scenario())
+    assert sent_a == [("chunk", (1, items(1, 2, 3)))]
+    assert sent_b == [("chunk", (4, items(4, 5))), ("chunk", (6, items(6)))]
+    assert counts == [{**DONE, "failed": 1}, DONE, {**DONE, "success": 1}]
+
+
+def test_the_limit_is_split_between_live_helpers_and_sent_only_when_a_share_changes() -> None:
+    async def scenario():
+        a, b = FakeProc(), FakeProc()
+        pool = pool_of(a, b)
+        pool.resize(5)
+        pool.resize(5)  # unchanged: nothing sent
+        pool.resize(0)  # paused
+        pool.preload([1, 2])
+        sent = [[await p.sent() for _ in range(3)] for p in (a, b)]
+        b.exit(-9)
+        await asyncio.sleep(0.01)
+        pool.resize(5)  # a alone now has all of it
+        sent[0].append(await a.sent())
+        return sent
 
     sent_a, sent_b = run(scenario())
-    assert [m[0] for m in sent_a] == [m[0] for m in sent_b] == ["items", "preload"]  # the items went first
-    assert {sent_a[0][1][0][1], sent_b[0][1][0][1]} == {1, 2}  # one item each
-    assert sent_a[1] == sent_b[1] == ("preload", [1, 2, 3])
+    assert sent_a == [("slots", 3), ("slots", 0), ("preload", [1, 2]), ("slots", 5)]
+    assert sent_b == [("slots", 2), ("slots", 0), ("preload", [1, 2])]
 
 
-def test_a_helper_that_exits_leaves_its_items_unanswered_and_the_last_one_ends_the_pool() -> None:
+def test_progress_and_a_helper_s_stop_reach_the_run() -> None:
     async def scenario():
-        a, b, pool, lost, kept = await one_item_each()
-        await a.sent()
-        (_, [(seq, item_id, _)]) = await b.sent()
+        a, b = FakeProc(), FakeProc()
+        pool = pool_of(a, b)
+        stops: list[str] = []
+        pool.on_stop = stops.append
+        a.tell("moved", 120)
+        b.tell("moved", 80)
+        b.tell("stop", "cancelled")
+        await asyncio.sleep(0.01)
+        pool.stop()
+        return pool.moved, stops, await a.sent(), await b.sent()
+
+    assert run(scenario()) == (200, ["cancelled"], ("stop", None), ("stop", None))
+
+
+def test_a_helper_that_exits_fails_its_chunks_and_the_last_one_ends_the_pool() -> None:
+    async def scenario():
+        a, b = FakeProc(), FakeProc()
+        pool = pool_of(a, b)
+        lost = asyncio.create_task(pool.run_chunk(1, items(1, 2)))
+        await asyncio.sleep(0)
+        kept = asyncio.create_task(pool.run_chunk(3, items(3, 4)))
+        await a.sent(), await b.sent()
         a.exit(-9)
-        b.answer((seq, ItemOutcome.success(item_id)))
-        results = await lost, await kept
-        alive_after_one = pool.alive
-        b.exit(0)
-        await b_reader_done(pool)
+        b.answer((3, DONE))
         with pytest.raises(ItemProcessExited):
-            await pool.handle(3, None)
-        return results, alive_after_one
+            await lost
+        counts, alive_after_one = await kept, pool.alive
+        b.exit(0)
+        await asyncio.gather(*(h.reader for h in pool._helpers))
+        with pytest.raises(ItemProcessExited):
+            await pool.run_chunk(5, items(5))
+        return counts, alive_after_one
 
-    (lost, kept), alive = run(scenario())
-    assert lost is None and kept == ItemOutcome.success(2) and alive == 1
-
-
-async def b_reader_done(pool: ItemProcesses) -> None:
-    await asyncio.gather(*(h.reader for h in pool._helpers))
+    assert run(scenario()) == (DONE, 1)
