@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Runner
     chunk_threshold: int = Field(500, ge=0)  # above this many items, items are grouped in chunk tasks
     chunk_size: int = Field(250, ge=1)
+    # A bigger batch gets bigger chunks, so that it has at most this many chunk task runs: each
+    # costs the Prefect server ~50 ms of CPU (docs/benchmarks.md), paid while the batch runs.
+    chunks_max: int = Field(100, ge=1)
     # Helper processes handling a big batch's platform calls (0: the run's own event loop only);
     # used by batches of at least item_processes_min_items pending items (starting one costs ~1 s of CPU)
     item_processes: int = Field(0, ge=0, le=32)

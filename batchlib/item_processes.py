@@ -6,9 +6,9 @@ at least ``BATCH_ITEM_PROCESSES_MIN_ITEMS`` pending items, of a type that only c
 and keeps no per-run state (``BatchType.runs_in_item_processes``), starts P helper processes
 (``python -m batchlib.item_processes``). The run keeps what is per batch: the chunk task runs
 Prefect shows, the (tenant, type) limit, stopping and cancelling, the final recount. A helper
-takes whole chunks: it calls the platform for each item with its own event loop (uvloop),
-platform client and token store (it reads the credentials from the database itself, so no
-token crosses a pipe), and records the outcomes with its own mirror writer under the run's
+takes whole chunks: it reads a chunk's credentials from the database in one query when the
+chunk arrives (so no token crosses a pipe, and each account's are read by one process only),
+calls the platform for each item with its own event loop (uvloop) and platform client, and records the outcomes with its own mirror writer under the run's
 fence, exactly as the run's would (one fenced transaction per flush: rows, counters, the type's
 side effects). So the run's loop spends nothing per item.
 
@@ -18,9 +18,8 @@ per helper ahead, so a helper finishing a chunk's last items already has the nex
 
 Wire: frames of ``pickle`` (4-byte big-endian length first) over the helper's stdin/stdout;
 its stdout carries nothing else (its logging goes to stderr, which it shares with the run).
-The run sends ``("chunk", (first_id, items))``, ``("slots", n)``, ``("preload", ids)`` /
-``("forget", ids)`` (the run's credential pages, so a helper reads one query per page),
-``("stop", None)`` (start nothing more) and ``("close", None)``; a helper sends ``("ready",
+The run sends ``("chunk", (first_id, items))``, ``("slots", n)``, ``("stop", None)`` (start
+nothing more) and ``("close", None)``; a helper sends ``("ready",
 pid)`` once, ``("done", [(first_id, counts), ...])`` (coalesced per turn of its loop),
 ``("moved", n)`` after each flush that recorded rows (progress) and ``("stop", reason)`` when
 its mirror found the batch cancelled by the admin panel or taken over.
@@ -184,20 +183,10 @@ class ItemProcesses:
             raise ItemProcessExited(f"item process {helper.proc.pid} exited")
         return counts
 
-    def preload(self, account_ids: list[int]) -> None:
-        """Each helper reads these accounts' credentials in one query before their chunks arrive."""
-        self._send_all(("preload", account_ids))
-
-    def forget(self, account_ids: list[int]) -> None:
-        self._send_all(("forget", account_ids))
-
     def stop(self) -> None:
         """The batch stopped: the helpers start no further item (those running finish)."""
-        self._send_all(("stop", None))
-
-    def _send_all(self, message: Message) -> None:
         for helper in self._helpers:
-            helper.send(message)
+            helper.send(("stop", None))
 
     async def _read(self, helper: _Helper) -> None:
         try:
@@ -254,8 +243,8 @@ class ItemProcesses:
 class _Worker:
     """A helper's state: its clients, its share of the limit, its mirror writer."""
 
-    def __init__(self, batch_type, ctx, mirror, slots, writer: asyncio.StreamWriter) -> None:
-        self.batch_type, self.ctx, self.mirror, self.slots = batch_type, ctx, mirror, slots
+    def __init__(self, batch_type, ctx, tokens, mirror, slots, writer: asyncio.StreamWriter) -> None:
+        self.batch_type, self.ctx, self.tokens, self.mirror, self.slots = batch_type, ctx, tokens, mirror, slots
         self.writer = writer
         self.done = _Outbox(writer, "done")
         self.stopped = False
@@ -276,9 +265,17 @@ class _Worker:
         job.add_done_callback(self.chunks.discard)
 
     async def _chunk(self, first_id: int, items: list[tuple[int, dict[str, Any] | None]]) -> None:
+        ids = [item_id for item_id, _ in items]
+        try:  # the chunk's credentials in one query (the chunks queued ahead read theirs meanwhile)
+            await asyncio.to_thread(self.tokens.preload, ids)
+        except Exception as exc:  # the database is down: each item reads its own (the run waits out the outage)
+            log.warning("could not preload %s accounts' credentials: %s", len(ids), type(exc).__name__)
         counts: Counts = {"success": 0, "failed": 0, "skipped": 0, "not_started": 0}
-        for outcome in await asyncio.gather(*(self._one(i, d) for i, d in items)):
-            counts[outcome.status if outcome else "not_started"] += 1
+        try:
+            for outcome in await asyncio.gather(*(self._one(i, d) for i, d in items)):
+                counts[outcome.status if outcome else "not_started"] += 1
+        finally:
+            self.tokens.forget(ids)
         self.done.add((first_id, counts))
 
     async def _one(self, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None:
@@ -326,7 +323,7 @@ async def _serve(task_type: str, tenant_id: int, batch_id: int, fence: int, out_
 
     async with PlatformClient.from_settings(settings, tokens) as platform:
         ctx = ItemContext(tenant_id, batch_id, task_type, settings, engine, platform)
-        worker = _Worker(batch_type, ctx, mirror, ResizableLimiter(0), writer)
+        worker = _Worker(batch_type, ctx, tokens, mirror, ResizableLimiter(0), writer)
         flusher = asyncio.create_task(mirror.run())
         writer.write(frame(("ready", os.getpid())))
         while (message := await read_frame(reader)) is not None:
@@ -335,13 +332,6 @@ async def _serve(task_type: str, tenant_id: int, batch_id: int, fence: int, out_
                 worker.start_chunk(*body)
             elif kind == "slots":
                 worker.slots.resize(body)
-            elif kind == "preload":
-                try:
-                    await asyncio.to_thread(tokens.preload, body)
-                except Exception as exc:  # the database is down: each item reads its own (the run waits out the outage)
-                    log.warning("could not preload %s accounts' credentials: %s", len(body), type(exc).__name__)
-            elif kind == "forget":
-                tokens.forget(body)
             elif kind == "stop":
                 worker.stop()
             elif kind == "close":

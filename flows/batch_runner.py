@@ -310,7 +310,7 @@ class BatchRun:
     @property
     def mode(self) -> str:
         """How the items run: ``chunks of 250[, 2 item processes]`` or ``task per item``."""
-        mode = f"chunks of {self.settings.chunk_size}" if self._chunked else "task per item"
+        mode = f"chunks of {self.chunk_size}" if self._chunked else "task per item"
         return mode + (f", {self.settings.item_processes} item processes" if self.items is not None else "")
 
     async def process_pending(self, artifacts: BatchArtifacts) -> tuple[str, str | None, FlushStats]:
@@ -463,6 +463,12 @@ class BatchRun:
         return self.opened.pending > self.settings.chunk_threshold
 
     @property
+    def chunk_size(self) -> int:
+        """Items per chunk task run: ``BATCH_CHUNK_SIZE``, or more when the batch would otherwise
+        need more than ``BATCH_CHUNKS_MAX`` of them."""
+        return max(self.settings.chunk_size, -(-self.opened.pending // self.settings.chunks_max))
+
+    @property
     def _in_item_processes(self) -> bool:
         settings = self.settings
         return (settings.item_processes > 0 and self.batch_type.runs_in_item_processes and self._chunked
@@ -494,25 +500,24 @@ class BatchRun:
                     size = min(PAGE, size * 4)
                     reading = asyncio.create_task(self._page(token_store, page[-1][0], size))
                 ids = [i for i, _ in page]
-                if self.batch_type.uses_platform and self._in_item_processes:  # _page left the credentials alone
-                    if self.items is not None:  # helper processes read the page's credentials themselves
-                        self.items.preload(ids)
-                    else:  # they did not start: the items run here
-                        try:
-                            await self.outage.wait_out(
-                                self.opened.batch_id, "loading credentials", lambda: token_store.preload(ids),
-                                blocking=True,
-                            )
-                        except DatabaseUnavailable:
-                            self.stop(outage_stop)
-                            break
-                jobs = _PageJobs(ids, (self.items or token_store) if self.batch_type.uses_platform else None)
+                # _page leaves the credentials to item processes (they read their chunks'); if
+                # those did not start, the items run here and need the page's credentials.
+                if self.batch_type.uses_platform and self._in_item_processes and self.items is None:
+                    try:
+                        await self.outage.wait_out(
+                            self.opened.batch_id, "loading credentials", lambda: token_store.preload(ids),
+                            blocking=True,
+                        )
+                    except DatabaseUnavailable:
+                        self.stop(outage_stop)
+                        break
+                jobs = _PageJobs(ids, token_store if self.batch_type.uses_platform and self.items is None else None)
                 if self._chunked:
                     # One chunk queued ahead; two per helper process (each works on its own share of the limit).
                     queued = 1 if self.items is None else 2 * self.items.alive
-                    for start in range(0, len(page), settings.chunk_size):
-                        part = page[start : start + settings.chunk_size]
-                        chunk_slots.resize(-(-self.limit.size // settings.chunk_size) + queued)
+                    for start in range(0, len(page), self.chunk_size):
+                        part = page[start : start + self.chunk_size]
+                        chunk_slots.resize(-(-self.limit.size // self.chunk_size) + queued)
                         await chunk_slots.acquire()
                         if self.stopped:
                             chunk_slots.release()
@@ -635,7 +640,7 @@ class _PageJobs:
 
     __slots__ = ("ids", "running", "handed_out", "store")
 
-    def __init__(self, ids: list[int], store: DbTokenStore | ItemProcesses | None) -> None:
+    def __init__(self, ids: list[int], store: DbTokenStore | None) -> None:
         self.ids, self.store, self.running, self.handed_out = ids, store, 0, False
 
     def started(self) -> None:
