@@ -32,10 +32,14 @@ def _children_cpu() -> float:
 
 
 def _count_round_trips(engine) -> dict[str, int]:
-    """Statements, commits and pool checkouts (each checkout pre-pings: one round trip)."""
+    """Statements, commits, pool checkouts (each checkout pre-pings: one round trip) and new connections."""
     from sqlalchemy import event
 
-    counts = {"statements": 0, "commits": 0, "checkouts": 0}
+    counts = {"statements": 0, "commits": 0, "checkouts": 0, "connects": 0}
+
+    @event.listens_for(engine.pool, "connect")
+    def _connect(*_: Any) -> None:
+        counts["connects"] += 1
 
     @event.listens_for(engine, "before_cursor_execute")
     def _stmt(*_: Any) -> None:

@@ -143,7 +143,7 @@ def _row(n, latency, c, ideal, baseline, flow, before, after) -> dict:
         "baseline_fixed_s": _round(baseline.get("fixed_s"), 3), "flow_fixed_s": _round(flow.get("fixed_s"), 3),
         "flow_first_item_s": _round(flow.get("first_item_s"), 3),
         "flow_runner_fixed_s": _round(flow.get("runner_fixed_s"), 3),
-        "db_statements": db["statements"], "db_round_trips": trips,
+        "db_statements": db["statements"], "db_round_trips": trips, "db_connects": db.get("connects"),
         "db_round_trips_per_item": round(trips / n, 4),
         "mirror_flushes": summary.get("mirror_flushes"), "mirror_max_lag_s": summary.get("mirror_max_lag_s"),
         "flow_peak_rss_mib": round(flow["peak_rss_mib"], 1),
@@ -171,7 +171,8 @@ def _print_row(row: dict) -> None:
         f" (before the first item + after the last; flow's first item at {row['flow_first_item_s']}s;"
         f" {row['flow_runner_fixed_s']}s of it in BatchRun.execute, the rest is Prefect's flow run)\n"
         f"  mirror:      {row['db_statements']} statements, {row['db_round_trips']} round trips"
-        f" = {row['db_round_trips_per_item']} per item; {row['mirror_flushes']} flushes,"
+        f" = {row['db_round_trips_per_item']} per item, {row['db_connects']} connections opened;"
+        f" {row['mirror_flushes']} flushes,"
         f" worst lag {row['mirror_max_lag_s']}s"
         f"{' (the run: the item processes write their own)' if 'item processes' in str(row['mode']) else ''}\n"
         f"  memory:      flow peak RSS {row['flow_peak_rss_mib']} MiB (baseline {row['baseline_peak_rss_mib']} MiB)\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from functools import lru_cache
 from typing import Any
 
@@ -48,7 +49,47 @@ def make_engine(url: str, **overrides: Any) -> Engine:
             "charset": "utf8mb4",
         }
     options.update(overrides)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+    if make_url(url).get_driver_name() == "pymysql":
+        connection_class = _pymysql_connection_class()
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return connection_class(*cargs, **cparams)
+
+    return engine
+
+
+@lru_cache(maxsize=1)
+def _pymysql_connection_class() -> type:
+    """PyMySQL's Connection with one TLS context per process (per set of TLS options).
+
+    PyMySQL 1.2 builds a new ``SSLContext`` for every connection, also when no TLS option is
+    given (it then uses TLS if the server offers it): loading the system's CA bundle costs
+    ~30 ms of CPU per connection, against ~0.4 ms for the rest of a connect (measured here).
+    The context is the same every time, and an ``SSLContext`` may be shared by any number of
+    connections and threads, so each distinct set of options builds it once. TLS behaves as
+    PyMySQL's (the URL's ``ssl_*`` options, else TLS when the server offers it); a changed CA
+    file is read by the next process.
+    """
+    import pymysql.connections
+
+    contexts: dict[tuple, ssl.SSLContext] = {}
+
+    class Connection(pymysql.connections.Connection):
+        def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
+            if isinstance(sslp, ssl.SSLContext):
+                return sslp
+            try:
+                key = tuple(sorted(sslp.items()))
+                cached = contexts.get(key)
+            except TypeError:  # an option that is not hashable: build it as PyMySQL does
+                return super()._create_ssl_ctx(sslp)
+            if cached is None:
+                cached = contexts[key] = super()._create_ssl_ctx(sslp)
+            return cached
+
+    return Connection
 
 
 def _sqlite_engine(url: str, **overrides: Any) -> Engine:
