@@ -21,8 +21,9 @@ its stdout carries nothing else (its logging goes to stderr, which it shares wit
 The run sends ``("chunk", (first_id, items))``, ``("slots", n)``, ``("stop", None)`` (start
 nothing more) and ``("close", None)``; a helper sends ``("ready",
 pid)`` once, ``("done", [(first_id, counts), ...])`` (coalesced per turn of its loop),
-``("moved", n)`` after each flush that recorded rows (progress) and ``("stop", reason)`` when
-its mirror found the batch cancelled by the admin panel or taken over.
+``("moved", n)`` after each flush that recorded rows (progress), ``("in_use", n)`` when its
+calls in flight changed (at most every ``REPORT_S``: the limit's figure in Prefect) and
+``("stop", reason)`` when its mirror found the batch cancelled by the admin panel or taken over.
 
 A helper that exits (killed, out of memory) fails nothing: its items in flight and the outcomes
 it had not flushed yet stay ``pending``, and the run stops starting items, as a killed worker's
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("!I")
 FRAME_MAX = 256 * 1024 * 1024
 START_TIMEOUT_S = 60.0
+REPORT_S = 0.5
 CLOSE_TIMEOUT_S = 120.0  # a helper records its last outcomes before it exits (through a short outage too)
 Message = tuple[str, Any]
 
@@ -105,6 +107,7 @@ class _Helper:
         self.waiting: dict[int, tuple[int, asyncio.Future[Counts | None]]] = {}  # first id -> (items, answer)
         self.alive = True
         self.slots: int | None = None  # the share of the limit last sent
+        self.in_use = 0  # its calls in flight, as it last reported
         self.reader: asyncio.Task | None = None
 
     @property
@@ -158,6 +161,11 @@ class ItemProcesses:
     def alive(self) -> int:
         return sum(helper.alive for helper in self._helpers)
 
+    @property
+    def in_use(self) -> int:
+        """Slots of the limit the live helpers hold (as they last reported, every ``REPORT_S``)."""
+        return sum(helper.in_use for helper in self._helpers if helper.alive)
+
     def resize(self, size: int) -> None:
         """Split a limit of ``size`` slots between the live helpers (sent only when a share changes)."""
         live = [h for h in self._helpers if h.alive]
@@ -199,6 +207,8 @@ class ItemProcesses:
                             answer.set_result(counts)
                 elif kind == "moved":
                     self.moved += body
+                elif kind == "in_use":
+                    helper.in_use = body
                 elif kind == "stop":
                     self.on_stop(body)
         except Exception:
@@ -278,6 +288,15 @@ class _Worker:
             self.tokens.forget(ids)
         self.done.add((first_id, counts))
 
+    async def report_in_use(self) -> None:
+        """Tell the run how many slots of its share are busy, when that changed."""
+        last = 0
+        while True:
+            await asyncio.sleep(REPORT_S)
+            if self.slots.in_use != last:
+                last = self.slots.in_use
+                self.send(("in_use", last))
+
     async def _one(self, item_id: int, item_data: dict[str, Any] | None) -> ItemOutcome | None:
         async with self.slots:
             if self.stopped:
@@ -325,6 +344,7 @@ async def _serve(task_type: str, tenant_id: int, batch_id: int, fence: int, out_
         ctx = ItemContext(tenant_id, batch_id, task_type, settings, engine, platform)
         worker = _Worker(batch_type, ctx, tokens, mirror, ResizableLimiter(0), writer)
         flusher = asyncio.create_task(mirror.run())
+        reporter = asyncio.create_task(worker.report_in_use())
         writer.write(frame(("ready", os.getpid())))
         while (message := await read_frame(reader)) is not None:
             kind, body = message
@@ -342,6 +362,8 @@ async def _serve(task_type: str, tenant_id: int, batch_id: int, fence: int, out_
             await asyncio.gather(*worker.chunks)
         await mirror.close(OutagePolicy(settings.db_outage_budget_s))
         flusher.cancel()
+        reporter.cancel()
+        worker.send(("in_use", 0))
         worker.done.flush()
         with contextlib.suppress(ConnectionError):
             await writer.drain()

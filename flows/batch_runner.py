@@ -363,6 +363,8 @@ class BatchRun:
                                      "process", opened.batch_id, exc)
             limits = LimitFollower(self.tenant_id, self.batch_type.name, settings, self.log)
             self.limit = limits.limiter
+            if self.items is not None:  # they hold their shares of the limit themselves
+                limits.elsewhere = lambda: self.items.in_use
             # The key's Prefect limit (or the configured default), then polled; meanwhile the mirror
             # looks for a cancel that came between the claim and now (then nothing starts).
             limit, _ = await asyncio.gather(limits.start(), mirror.check())

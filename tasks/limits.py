@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchcore.settings import MAX_CONCURRENCY, Settings
@@ -149,6 +150,7 @@ class LimitFollower:
         self.platform_default = settings.platform_max_in_flight
         self.on_platform = _uses_platform(task_type)
         self.limiter = ResizableLimiter(self.default)
+        self.elsewhere: Callable[[], int] = lambda: 0  # slots held outside the limiter (the batch's item processes)
         self.setting: LimitSetting | None = None  # the last value read from Prefect
         self.tenant_setting: LimitSetting | None = None  # None: no tenant total
         self.platform_setting: LimitSetting | None = None  # None: no platform cap
@@ -169,6 +171,11 @@ class LimitFollower:
         self._running = False  # items may take the limiter
 
     # -- the limits in effect -----------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        """Calls in flight under this limit: the limiter's holders and the item processes'."""
+        return self.limiter.in_use + self.elsewhere()
 
     @property
     def own_slots(self) -> int:
@@ -313,7 +320,7 @@ class LimitFollower:
         self.tenant_setting, self.platform_setting = tenant, platform
 
     async def _publish_all(self) -> None:
-        await self._publish(self.name, self.limiter.in_use)
+        await self._publish(self.name, self.in_use)
         for limit, _ in self._pools():
             grant = self.grants.get(limit)
             if grant is not None and grant.publisher and self.sharing:
@@ -346,10 +353,10 @@ class LimitFollower:
             shared = self._shared or self._connect()
             got = await asyncio.wait_for(
                 shared.renew(
-                    [p for _, p in pools], demand=self.own_slots, in_use=self.limiter.in_use,
+                    [p for _, p in pools], demand=self.own_slots, in_use=self.in_use,
                     # what we may have in flight until we apply the answer: our limiter's size,
                     # or more while calls above a smaller size drain (nothing before items start)
-                    holding=max(self.limiter.in_use, self.limiter.size if self._running else 0),
+                    holding=max(self.in_use, self.limiter.size if self._running else 0),
                 ),
                 self._timeout_s,
             )

@@ -73,8 +73,12 @@ class InFlight:
         pytest.fail(f"in-flight for tenant {self.tenant} never satisfied the check within {timeout}s")
 
 
-def test_an_operator_lowers_raises_pauses_and_resumes_a_running_batch(batch_env: BatchEnv, configure) -> None:
-    configure(concurrency=50, limit_poll_s=POLL_S)
+@pytest.mark.parametrize("item_processes", [0, 2], ids=["in-the-run", "in-item-processes"])
+def test_an_operator_lowers_raises_pauses_and_resumes_a_running_batch(batch_env: BatchEnv, configure,
+                                                                      item_processes: int) -> None:
+    """Also with the items in two helper processes: they share the one limit (split and re-sent
+    when it changes), and the slots they hold show in Prefect."""
+    configure(concurrency=50, limit_poll_s=POLL_S, item_processes=item_processes, item_processes_min_items=0)
     batch_env.sim.configure(latency_ms=LATENCY_S * 1000)
     batch_env.seed({7: 2500})
     name = "batch:7:account_check"

@@ -120,7 +120,7 @@ def test_the_limit_is_split_between_live_helpers_and_sent_only_when_a_share_chan
     assert sent_b == [("slots", 2), ("slots", 0)]
 
 
-def test_progress_and_a_helper_s_stop_reach_the_run() -> None:
+def test_progress_slots_in_use_and_a_helper_s_stop_reach_the_run() -> None:
     async def scenario():
         a, b = FakeProc(), FakeProc()
         pool = pool_of(a, b)
@@ -128,12 +128,18 @@ def test_progress_and_a_helper_s_stop_reach_the_run() -> None:
         pool.on_stop = stops.append
         a.tell("moved", 120)
         b.tell("moved", 80)
+        a.tell("in_use", 3)
+        b.tell("in_use", 4)
         b.tell("stop", "cancelled")
         await asyncio.sleep(0.01)
+        in_use = pool.in_use
         pool.stop()
-        return pool.moved, stops, await a.sent(), await b.sent()
+        sent = await a.sent(), await b.sent()
+        b.exit(-9)
+        await asyncio.sleep(0.01)
+        return pool.moved, in_use, pool.in_use, stops, sent
 
-    assert run(scenario()) == (200, ["cancelled"], ("stop", None), ("stop", None))
+    assert run(scenario()) == (200, 7, 3, ["cancelled"], (("stop", None), ("stop", None)))
 
 
 def test_a_helper_that_exits_fails_its_chunks_and_the_last_one_ends_the_pool() -> None:
