@@ -603,14 +603,15 @@ class BatchRun:
 
     async def run_chunk(self, first_id: int) -> dict[str, int]:
         """The staged chunk's items, each under a slot of the limit, here or in a helper process;
-        counts by status (``not_started``: the batch stopped before the item)."""
+        counts by status (``not_started``: the batch stopped before the item; ``unknown``: the
+        item process handling the chunk exited)."""
         items = self.take_chunk(first_id)
         if self.items is not None:
             try:
                 return await self.items.run_chunk(first_id, items)
             except ItemProcessExited:  # its items without a recorded outcome stay pending, like a killed worker's
                 self.stop("internal error: an item process exited (its unrecorded items stay pending)")
-                return {"not_started": len(items)}
+                return {"unknown": len(items)}
 
         async def one(item_id: int, item_data: dict | None) -> ItemOutcome | None:
             async with self.limit:

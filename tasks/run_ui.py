@@ -67,10 +67,11 @@ def chunk_state(counts: dict[str, int]) -> State:
     """A chunk task run's final state: ``250 items: 247 succeeded, 3 failed``; Failed when any failed."""
     total = sum(counts.values())
     message = f"{total} items: {counts.get('success', 0)} succeeded, {counts.get('failed', 0)} failed"
-    for key, label in (("skipped", "skipped"), ("not_started", "not started (batch stopped)")):
+    for key, label in (("skipped", "skipped"), ("not_started", "not started (batch stopped)"),
+                       ("unknown", "not known here (their item process exited; the mirror has what it recorded)")):
         if counts.get(key):
             message += f", {counts[key]} {label}"
-    return (Failed if counts.get("failed") else Completed)(message=message, data=counts)
+    return (Failed if counts.get("failed") or counts.get("unknown") else Completed)(message=message, data=counts)
 
 
 async def task_failure(state: State) -> str | None:

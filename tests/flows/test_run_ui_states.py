@@ -25,6 +25,8 @@ def test_chunk_messages_count_the_failed_items() -> None:
     stopped = chunk_state({"success": 5, "failed": 0, "skipped": 1, "not_started": 4})
     assert stopped.is_completed()
     assert stopped.message == "10 items: 5 succeeded, 0 failed, 1 skipped, 4 not started (batch stopped)"
+    lost = chunk_state({"unknown": 250})  # the item process handling it exited
+    assert lost.is_failed() and lost.message.startswith("250 items: 0 succeeded, 0 failed, 250 not known here")
 
 
 def test_only_the_engine_record_of_a_returned_failure_is_dropped() -> None:
