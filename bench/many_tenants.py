@@ -451,10 +451,10 @@ def deployed_system(tenants: dict[int, int], latency_ms: float, concurrency: int
             engine = get_engine(url)
             import_accounts(engine, sim.accounts())
 
-            from prefect.client.orchestration import get_client
+            from prefect.client.orchestration import PrefectClient
 
-            async def pause() -> None:
-                async with get_client() as client:
+            async def pause() -> None:  # this server's client, even where Prefect's settings are already loaded (pytest)
+                async with PrefectClient(server.api_url, auth_string=server.auth_string) as client:
                     await _pause_others(client)
                     if warm_engine:
                         await _use_warm_engine(client)
