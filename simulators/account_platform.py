@@ -359,7 +359,7 @@ class AccountPlatformApp:
         uid = account.uid if account else None
         tenant = account.tenant_id if account else None
         state.enter(tenant)
-        status = DROPPED
+        left, status = False, DROPPED
         try:
             knobs = state.knobs
             delay = knobs.latency_ms + (state.rng.random() * knobs.jitter_ms if knobs.jitter_ms else 0.0)
@@ -370,9 +370,15 @@ class AccountPlatformApp:
                 status = await self._fault(fault, send)
             else:
                 status, reply = self._handle(endpoint, account, token_ok, payload, t0)
+                # Out of flight once the answer is ready: sending may yield (a full write buffer on
+                # a busy host) while the client, whose slot ends when it reads the answer, already
+                # sent its next call; counting until then counted that slot twice.
+                state.leave(tenant)
+                left = True
                 await send_json(send, status, reply)
         finally:
-            state.leave(tenant)
+            if not left:
+                state.leave(tenant)
             state.record(t0, uid, tenant, endpoint, version, status)
 
     def _handle(
